@@ -1,0 +1,101 @@
+"""Records of what tenants upload: models and datasets. Stored as JSON beside the file in S3."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from core.errors import NotFound
+from core.ids import is_id
+from core.job import now
+
+ModelFormat = Literal["onnx", "pt2"]
+
+
+class TensorSpec(BaseModel):
+    name: str
+    dtype: str  # numpy dtype name: float32, int64, ...
+    shape: list[int | str | None]  # ints are fixed, strings are named dynamic dims, None unknown
+
+
+class ModelRecord(BaseModel):
+    id: str
+    name: str
+    format: ModelFormat
+    size_bytes: int
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    created_at: datetime = Field(default_factory=now)
+
+    @property
+    def filename(self) -> str:
+        return f"model.{self.format}"
+
+
+class ArraySpec(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int]
+
+
+class DatasetRecord(BaseModel):
+    id: str
+    name: str
+    size_bytes: int
+    sha256: str
+    arrays: list[ArraySpec]
+    created_at: datetime = Field(default_factory=now)
+
+    @property
+    def samples(self) -> int:
+        return self.arrays[0].shape[0] if self.arrays and self.arrays[0].shape else 0
+
+
+class AssetStore:
+    """Model and dataset records in S3: `{tenant}/{kind}/{id}/record.json` beside the file.
+
+    A record is written last, after the file is complete, so an asset without one is not listed.
+    """
+
+    def __init__(self, objects):
+        self.objects = objects
+
+    @staticmethod
+    def prefix(tenant: str, kind: str, asset_id: str) -> str:
+        return f"{tenant}/{kind}/{asset_id}/"
+
+    def file_key(self, tenant: str, kind: str, asset_id: str, filename: str) -> str:
+        return self.prefix(tenant, kind, asset_id) + filename
+
+    def save(self, tenant: str, kind: str, record: ModelRecord | DatasetRecord) -> None:
+        self.objects.put_json(self.prefix(tenant, kind, record.id) + "record.json", record.model_dump(mode="json"))
+
+    def load(self, tenant: str, kind: str, asset_id: str):
+        cls = ModelRecord if kind == "models" else DatasetRecord
+        data = None
+        if is_id(asset_id, kind[0]):
+            data = self.objects.get_json(self.prefix(tenant, kind, asset_id) + "record.json")
+        if data is None:
+            raise NotFound(f"{kind[:-1]} {asset_id} not found", code=f"{kind[:-1]}_not_found")
+        return cls.model_validate(data)
+
+    def list(self, tenant: str, kind: str) -> list:
+        """Newest first (ids sort by creation time)."""
+        cls = ModelRecord if kind == "models" else DatasetRecord
+        records = []
+        for asset_id in sorted(self.objects.child_prefixes(f"{tenant}/{kind}/"), reverse=True):
+            data = self.objects.get_json(self.prefix(tenant, kind, asset_id) + "record.json")
+            if data is not None:
+                records.append(cls.model_validate(data))
+        return records
+
+    def delete(self, tenant: str, kind: str, asset_id: str) -> None:
+        self.load(tenant, kind, asset_id)  # NotFound for unknown ids and other tenants' assets
+        # The record goes first so a half-deleted asset is never listed.
+        self.objects.client.delete_object(
+            Bucket=self.objects.bucket, Key=self.prefix(tenant, kind, asset_id) + "record.json"
+        )
+        self.objects.delete_prefix(self.prefix(tenant, kind, asset_id))

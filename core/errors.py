@@ -1,0 +1,66 @@
+"""Errors that say who must act.
+
+Each carries a stable `code` (what clients match on), the HTTP status the gateway answers with, and
+whether it is the user's to fix. Workers store `code` and the message on a failed job; the gateway turns
+them into problem+json. Nobody sees a bare traceback as the message.
+"""
+
+from __future__ import annotations
+
+
+class ParetoError(Exception):
+    code = "internal_error"
+    status = 500
+    title = "Internal error"
+    user_error = False  # True: the input is wrong; retrying will not help
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, **extra):
+        super().__init__(message or self.title)
+        self.message = message or self.title
+        if code:
+            self.code = code
+        self.extra = extra
+
+
+class Unauthorized(ParetoError):
+    code, status, title, user_error = "unauthorized", 401, "Missing or invalid API key", True
+
+
+class NotFound(ParetoError):
+    code, status, title, user_error = "not_found", 404, "Not found", True
+
+
+class Conflict(ParetoError):
+    code, status, title, user_error = "conflict", 409, "Conflict", True
+
+
+class PayloadTooLarge(ParetoError):
+    code, status, title, user_error = "payload_too_large", 413, "Payload too large", True
+
+
+class InvalidInput(ParetoError):
+    code, status, title, user_error = "invalid_input", 422, "Invalid input", True
+
+
+class InvalidModel(InvalidInput):
+    code, title = "invalid_model", "Not a loadable model"
+
+
+class InvalidDataset(InvalidInput):
+    code, title = "invalid_dataset", "Not a usable dataset"
+
+
+class InvalidRecipe(InvalidInput):
+    code, title = "invalid_recipe", "Invalid recipe"
+
+
+class Unavailable(ParetoError):
+    """A dependency (Redis, S3) did not answer: transient, worth retrying."""
+
+    code, status, title = "service_unavailable", 503, "A backing service is unavailable"
+
+
+class JobCancelled(ParetoError):
+    """Raised inside a worker when the job was cancelled; ends the job `cancelled`, not `failed`."""
+
+    code, status, title, user_error = "cancelled", 409, "Job cancelled", True

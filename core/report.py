@@ -1,0 +1,91 @@
+"""Report v1: every number in it was measured on the target."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+
+
+class Latency(BaseModel):
+    p50: float
+    p90: float
+    p99: float
+
+
+class Fidelity(BaseModel):
+    """Agreement of a candidate's outputs with the baseline's, on the same inputs."""
+
+    top1_agreement: float | None = None  # classification-shaped outputs only
+    cosine: float
+    max_abs_error: float
+
+
+class Metrics(BaseModel):
+    size_bytes: int
+    size_gzip_bytes: int
+    params: int
+    nonzero_params: int
+    macs: int | None = None
+    latency_ms: dict[str, Latency] = Field(default_factory=dict, description="batch size -> percentiles")
+    throughput_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    quality: dict[str, float] = Field(default_factory=dict)
+    fidelity: Fidelity | None = None
+
+
+class VsBaseline(BaseModel):
+    size_ratio: float = Field(description="candidate size / baseline size (0.25 = 4x smaller)")
+    speedup: float | None = Field(None, description="baseline p50 / candidate p50 at the first batch size")
+    quality_delta: dict[str, float] = Field(default_factory=dict, description="candidate - baseline")
+
+
+class GoalResult(BaseModel):
+    metric: str
+    met: bool
+    value: float | None = None
+    bound: float | None = None
+    gap: float | None = Field(None, description="how far the value is from the bound (0 when met)")
+
+
+class Candidate(BaseModel):
+    id: str
+    parent_id: str | None = None
+    steps: list[dict] = Field(default_factory=list)
+    artifact: str | None = None
+    goals_met: bool = True
+    goals: list[GoalResult] = Field(default_factory=list)
+    metrics: Metrics
+    vs_baseline: VsBaseline | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class Measurement(BaseModel):
+    """How the latencies were taken, so that they can be reproduced."""
+
+    device: str
+    providers: list[str]
+    threads: int
+    warmup: int
+    repeats: int
+    batch_sizes: list[int]
+    inputs: str  # "dataset" or "generated"
+    samples: int
+
+
+class Environment(BaseModel):
+    cpu: str
+    gpu: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Report(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    environment: Environment
+    measurement: Measurement
+    baseline: Candidate
+    candidates: list[Candidate]
+    frontier: list[str]
+    recommended: str
+    goals_met: bool

@@ -1,0 +1,75 @@
+"""Every setting of Pareto, read from the environment (documented in README.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_S3_ACCESS_KEY = "pareto"
+DEV_S3_SECRET_KEY = "pareto-dev-secret"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "production"] = Field("development", validation_alias=_env("PARETO_ENV"))
+    api_keys: str = Field("", validation_alias=_env("PARETO_API_KEYS"))
+
+    redis_url: str | None = Field(None, validation_alias=_env("REDIS_URL"))
+    s3_endpoint_url: str | None = Field(None, validation_alias=_env("S3_ENDPOINT_URL"))
+    s3_public_endpoint_url: str | None = Field(None, validation_alias=_env("S3_PUBLIC_ENDPOINT_URL"))
+    s3_bucket: str = Field("pareto", validation_alias=_env("S3_BUCKET"))
+    s3_region: str = Field("us-east-1", validation_alias=_env("S3_REGION"))
+    s3_access_key: str | None = Field(DEV_S3_ACCESS_KEY, validation_alias=_env("AWS_ACCESS_KEY_ID"))
+    s3_secret_key: str | None = Field(DEV_S3_SECRET_KEY, validation_alias=_env("AWS_SECRET_ACCESS_KEY"))
+
+    data_dir: Path = Field(Path(".pareto"), validation_alias=_env("PARETO_DATA_DIR"))
+    work_dir: Path | None = Field(None, validation_alias=_env("PARETO_WORK_DIR"))
+
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, validation_alias=_env("PARETO_MAX_UPLOAD_BYTES"))
+    presign_ttl_s: int = Field(600, ge=30, le=7 * 24 * 3600, validation_alias=_env("PARETO_PRESIGN_TTL_S"))
+
+    visibility_timeout_s: int = Field(3600, gt=0, validation_alias=_env("PARETO_VISIBILITY_TIMEOUT_S"))
+    task_time_limit_s: int = Field(3300, gt=0, validation_alias=_env("PARETO_TASK_TIME_LIMIT_S"))
+    max_attempts: int = Field(3, ge=1, validation_alias=_env("PARETO_MAX_ATTEMPTS"))
+    restore_interval_s: int = Field(10, gt=0, validation_alias=_env("PARETO_RESTORE_INTERVAL_S"))
+    worker_queues: str = Field("cpu", validation_alias=_env("PARETO_WORKER_QUEUES"))
+    intra_op_threads: int = Field(0, ge=0, validation_alias=_env("PARETO_INTRA_OP_THREADS"))
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                "PARETO_TASK_TIME_LIMIT_S must be below PARETO_VISIBILITY_TIMEOUT_S, "
+                "or Redis redelivers a job that is still running"
+            )
+        if self.env == "production":
+            if not self.api_keys:
+                raise ValueError("PARETO_API_KEYS must be set when PARETO_ENV=production")
+            if not self.redis_url:
+                raise ValueError("REDIS_URL must be set when PARETO_ENV=production (no embedded server)")
+            if self.s3_secret_key == DEV_S3_SECRET_KEY:
+                raise ValueError("AWS_SECRET_ACCESS_KEY is the development default; set a real one")
+        return self
+
+    @property
+    def soft_time_limit_s(self) -> int:
+        """The task is told to stop here, a little before it is killed."""
+        return max(1, self.task_time_limit_s - min(30, max(1, self.task_time_limit_s // 10)))
+
+    @property
+    def job_work_dir(self) -> Path:
+        return self.work_dir or self.data_dir / "work"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

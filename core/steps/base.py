@@ -1,0 +1,60 @@
+"""The base of every step's parameters: the declaration is the schema users see (GET /v1/steps).
+
+A step is named by its `step` literal. Subclasses register themselves; the recipe's step list is a
+union tagged by that name. Implementations live in workers/steps/ (they need torch / onnxruntime);
+the parameters live here so the gateway can validate recipes without importing them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+MODEL_FORMATS = ("onnx", "pt2")
+
+
+class StepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: ClassVar[dict[str, type[StepParams]]] = {}
+    summary: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ("onnx",)  # model formats the step accepts
+    needs_dataset: ClassVar[bool] = False
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.model_fields["step"].default
+        if name in StepParams.registry:
+            raise TypeError(f"step {name!r} is registered twice")
+        StepParams.registry[name] = cls
+
+    @property
+    def name(self) -> str:
+        return self.step  # type: ignore[attr-defined]
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"step"})
+
+    def as_recipe_item(self) -> dict[str, Any]:
+        return {self.name: self.params()}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        schema = cls.model_json_schema()
+        props = schema.get("properties", {})
+        props.pop("step", None)
+        for name, field in cls.model_fields.items():  # show default_factory defaults too
+            if name in props and field.default_factory is not None:
+                props[name]["default"] = field.default_factory()
+        if "required" in schema:
+            schema["required"] = [r for r in schema["required"] if r != "step"]
+        name = cls.model_fields["step"].default
+        return {
+            "name": name,
+            "summary": cls.summary,
+            "formats": list(cls.formats),
+            "needs_dataset": cls.needs_dataset,
+            "schema": schema,
+        }

@@ -1,0 +1,30 @@
+"""The built-in recipes and the steps with their JSON schemas."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from core.errors import NotFound
+from core.recipes import builtin_names, builtin_recipe, builtin_recipes
+from core.steps import catalog
+from service.deps import TenantDep
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get("/recipes")
+def list_recipes(tenant: TenantDep) -> list[dict]:
+    return [r.model_dump(mode="json") for r in builtin_recipes()]
+
+
+@router.get("/recipes/{name}")
+def read_recipe(name: str, tenant: TenantDep) -> dict:
+    if name not in builtin_names():
+        raise NotFound(f"no built-in recipe {name!r}; there are: {', '.join(builtin_names())}",
+                       code="recipe_not_found")
+    return builtin_recipe(name).model_dump(mode="json")
+
+
+@router.get("/steps")
+def list_steps(tenant: TenantDep) -> list[dict]:
+    return catalog()

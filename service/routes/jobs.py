@@ -1,0 +1,174 @@
+"""Jobs: submit (validated before anything is queued), read, list, cancel, report, artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.assets import AssetStore
+from core.errors import Conflict, InvalidRecipe, NotFound, Unavailable
+from core.ids import ID_PATTERN, new_id
+from core.job import Job, JobError, JobStatus
+from core.jobstore import PREFIX
+from core.objectstore import job_prefix
+from core.queue import OPTIMIZE_TASK, queue_for
+from core.recipe import Recipe, Target
+from core.recipes import builtin_recipe
+from service.deps import Backends, BackendsDep, TenantDep
+
+router = APIRouter(tags=["jobs"])
+log = logging.getLogger("pareto.api")
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+    dataset_id: str | None = None
+    recipe: str | dict[str, Any] = Field(description="A built-in recipe's name, or an inline recipe.")
+    target: Target | None = Field(None, description="Overrides the recipe's target.")
+    callback_url: str | None = Field(None, max_length=2000)
+
+
+class JobPage(BaseModel):
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class ArtifactLink(BaseModel):
+    name: str
+    size_bytes: int
+    sha256: str
+    url: str
+    expires_at: str
+
+
+def resolve_recipe(spec: str | dict[str, Any], target: Target | None) -> Recipe:
+    if isinstance(spec, str):
+        recipe = builtin_recipe(spec)
+    else:
+        try:
+            recipe = Recipe.model_validate(spec)
+        except ValidationError as e:
+            errors = [{"loc": ["recipe", *e_["loc"]], "msg": e_["msg"]} for e_ in e.errors()]
+            detail = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in errors)
+            raise InvalidRecipe(detail, errors=errors) from e
+    return recipe.model_copy(update={"target": target}) if target else recipe
+
+
+def _enqueue(b: Backends, job: Job) -> None:
+    try:
+        b.celery.send_task(
+            OPTIMIZE_TASK, args=[job.tenant, job.id], task_id=job.id,
+            queue=queue_for(job.recipe.target.device),
+            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        )
+    except Exception as e:
+        log.error("could not enqueue job %s: %s", job.id, e)
+        b.jobs.transition(job.id, JobStatus.failed,
+                          error=JobError(code="enqueue_failed", message="the job queue did not answer"))
+        raise Unavailable("the job queue did not answer; the job was not queued", code="queue_unavailable") from e
+
+
+def _idempotent(b: Backends, tenant: str, key: str | None, job_id: str) -> str | None:
+    """The job already created for this Idempotency-Key, or None after claiming the key for job_id."""
+    if not key:
+        return None
+    slot = f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+    if b.jobs.r.set(slot, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
+        return None
+    return b.jobs.r.get(slot).decode()
+
+
+@router.post("/jobs", status_code=202, response_model=Job)
+def create_job(
+    body: JobCreate, tenant: TenantDep, b: BackendsDep, response: Response,
+    idempotency_key: str | None = Header(None, max_length=200),
+) -> Job:
+    recipe = resolve_recipe(body.recipe, body.target)
+    assets = AssetStore(b.objects)
+    assets.load(tenant, "models", body.model_id)
+    if body.dataset_id:
+        assets.load(tenant, "datasets", body.dataset_id)
+    elif recipe.needs_dataset:
+        steps = [s.name for s in recipe.steps if s.needs_dataset]
+        raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code="dataset_required")
+    job = Job(id=new_id("j"), tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
+              recipe=recipe, callback_url=body.callback_url)
+    if existing := _idempotent(b, tenant, idempotency_key, job.id):
+        job = b.jobs.get(tenant, existing)
+    else:
+        b.jobs.create(job)
+        _enqueue(b, job)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    tenant: TenantDep, b: BackendsDep,
+    status: JobStatus | None = None,
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, pattern=ID_PATTERN),
+) -> JobPage:
+    items = b.jobs.list(tenant, status, limit, cursor)
+    return JobPage(items=items, next_cursor=items[-1].id if len(items) == limit else None)
+
+
+@router.get("/jobs/{job_id}", response_model=Job)
+def read_job(job_id: str, tenant: TenantDep, b: BackendsDep) -> Job:
+    return b.jobs.get(tenant, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=Job)
+def cancel_job(job_id: str, tenant: TenantDep, b: BackendsDep) -> Job:
+    b.jobs.get(tenant, job_id)
+
+    def cancel(job: Job) -> Job:
+        if job.status.terminal:
+            raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")
+        if job.status is JobStatus.queued:
+            return job.moved_to(JobStatus.cancelled)
+        return job.model_copy(update={"cancel_requested": True})  # the worker stops between steps
+
+    job = b.jobs.update(job_id, cancel)
+    try:
+        b.celery.control.revoke(job_id)
+    except Exception as e:  # the status check in the worker is what guarantees it never runs
+        log.warning("revoke of %s failed: %s", job_id, e)
+    return job
+
+
+def _finished(b: Backends, tenant: str, job_id: str) -> Job:
+    job = b.jobs.get(tenant, job_id)
+    if not job.status.terminal:
+        raise Conflict(f"job {job_id} is {job.status}; results exist once it has succeeded",
+                       code="job_not_finished")
+    if job.status is not JobStatus.succeeded:
+        raise Conflict(f"job {job_id} {job.status}; it has no results", code="job_has_no_results")
+    return job
+
+
+@router.get("/jobs/{job_id}/report")
+def read_report(job_id: str, tenant: TenantDep, b: BackendsDep) -> dict:
+    _finished(b, tenant, job_id)
+    report = b.objects.get_json(job_prefix(tenant, job_id) + "report.json")
+    if report is None:
+        raise NotFound(f"the report of job {job_id} is missing from storage", code="report_missing")
+    return report
+
+
+@router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactLink])
+def list_artifacts(job_id: str, tenant: TenantDep, b: BackendsDep) -> list[ArtifactLink]:
+    job = _finished(b, tenant, job_id)
+    links = []
+    for a in job.artifacts:
+        url, expires = b.objects.presigned_get(a.key, a.name, b.settings.presign_ttl_s)
+        links.append(ArtifactLink(name=a.name, size_bytes=a.size_bytes, sha256=a.sha256, url=url,
+                                  expires_at=expires.isoformat()))
+    return links

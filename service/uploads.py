@@ -1,0 +1,180 @@
+"""Streaming uploads: the request body goes to S3 part by part and to a spool file on disk for checking.
+
+The body is never held in memory whole: at most one S3 part (8 MiB) plus one batch of received chunks.
+The size limit is enforced from Content-Length before reading and again while streaming (413 as soon as
+the limit is crossed). Nothing is visible in S3 until `Upload.commit()`; a failed check aborts it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Request
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from core.errors import InvalidInput, PayloadTooLarge
+from core.objectstore import MultipartWriter, ObjectStore
+
+BATCH = 1024 * 1024  # hand the S3 writer this much at a time
+
+
+@dataclass
+class Upload:
+    """A body received into S3 (uncommitted) and a local spool file."""
+
+    writer: MultipartWriter
+    spool: Path
+    fields: dict[str, str] = field(default_factory=dict)  # multipart form fields other than `file`
+    filename: str | None = None
+
+    @property
+    def size(self) -> int:
+        return self.writer.size
+
+    @property
+    def sha256(self) -> str:
+        return self.writer.sha256.hexdigest()
+
+    async def commit(self) -> None:
+        await run_in_threadpool(self.writer.complete)
+
+    async def discard(self) -> None:
+        await run_in_threadpool(self.writer.abort)
+
+    def close(self) -> None:
+        self.spool.unlink(missing_ok=True)
+
+
+class _Sink:
+    """Feeds chunks to the S3 writer and the spool file, in batches, off the event loop."""
+
+    def __init__(self, writer: MultipartWriter, spool, limit: int):
+        self.writer, self.spool, self.limit = writer, spool, limit
+        self.pending = bytearray()
+        self.received = 0
+
+    async def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
+        self.pending += chunk
+        if len(self.pending) >= BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending:
+            data, self.pending = bytes(self.pending), bytearray()
+            await run_in_threadpool(self._write, data)
+
+    def _write(self, data: bytes) -> None:
+        self.spool.write(data)
+        self.writer.write(data)
+
+
+async def receive(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path) -> Upload:
+    """Streams the request body (raw, or the `file` part of multipart/form-data) to `key`."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the upload ({declared} bytes) is larger than the limit of {limit} bytes")
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)
+    writer = store.writer(key)
+    upload = Upload(writer=writer, spool=Path(spool_name))
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            sink = _Sink(writer, spool, limit)
+            content_type, options = parse_options_header(request.headers.get("content-type"))
+            if content_type == b"multipart/form-data":
+                await _receive_multipart(request, sink, options.get(b"boundary"), upload)
+            else:
+                async for chunk in request.stream():
+                    await sink.feed(chunk)
+            await sink.flush()
+        if upload.size == 0:
+            raise InvalidInput("the upload is empty", code="empty_upload")
+        return upload
+    except BaseException:
+        await upload.discard()
+        upload.close()
+        raise
+
+
+async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None, upload: Upload):
+    if not boundary:
+        raise InvalidInput("multipart/form-data without a boundary", code="invalid_multipart")
+    state = {"header": b"", "value": b"", "headers": {}, "name": None, "data": bytearray()}
+    file_chunks: list[bytes] = []  # parser callbacks are sync; the chunks are fed after each parse
+
+    def on_header_field(data, start, end):
+        state["header"] += data[start:end]
+
+    def on_header_value(data, start, end):
+        state["value"] += data[start:end]
+
+    def on_header_end():
+        state["headers"][state["header"].lower()] = state["value"]
+        state["header"], state["value"] = b"", b""
+
+    def on_headers_finished():
+        _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        state["name"] = opts.get(b"name", b"").decode("utf-8", "replace")
+        if state["name"] == "file":
+            upload.filename = opts.get(b"filename", b"").decode("utf-8", "replace") or None
+        state["data"] = bytearray()
+
+    def on_part_data(data, start, end):
+        if state["name"] == "file":
+            file_chunks.append(bytes(data[start:end]))
+        elif len(state["data"]) < 4096:  # small text fields only
+            state["data"] += data[start:end]
+
+    def on_part_end():
+        if state["name"] and state["name"] != "file":
+            upload.fields[state["name"]] = state["data"].decode("utf-8", "replace")
+        state["headers"], state["name"] = {}, None
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    raw = 0
+    async for chunk in request.stream():
+        raw += len(chunk)
+        if raw > sink.limit + 1024 * 1024:  # the form's other fields count too
+            raise PayloadTooLarge(f"the upload is larger than the limit of {sink.limit} bytes")
+        try:
+            parser.write(chunk)
+        except Exception as e:  # the parser's errors are the client's malformed body
+            raise InvalidInput(f"malformed multipart body: {e}", code="invalid_multipart") from e
+        for part in file_chunks:
+            await sink.feed(part)
+        file_chunks.clear()
+    parser.finalize()
+    if upload.filename is None and sink.received == 0:
+        raise InvalidInput("multipart upload without a 'file' part", code="invalid_multipart")
+
+
+async def receive_checked(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path, check):
+    """Receives the body to `key`, runs `check(spool_path, upload)` off the event loop, and commits the
+    object only if the check passes. Returns (upload, what check returned)."""
+    upload = await receive(request, store, key, limit, spool_dir)
+    try:
+        result = await run_in_threadpool(check, upload.spool, upload)
+        await upload.commit()
+        return upload, result
+    except BaseException:
+        await upload.discard()
+        raise
+    finally:
+        upload.close()

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real Redis (found, or started), a real SeaweedFS (started), the API and a Celery
+worker as processes, and the reference models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from cli import processes as P
+from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
+from tests.stack import Stack, free_port, free_port_block
+
+TEST_REDIS_URL = os.environ.get("PARETO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """Redis and SeaweedFS for the whole session: (redis_url, s3_url, started processes)."""
+    root = tmp_path_factory.mktemp("services")
+    started = []
+    redis_url = TEST_REDIS_URL
+    if _answers(redis_url):
+        redis.Redis.from_url(redis_url).flushdb()  # the test database only (db 15 by default)
+    else:
+        proc, redis_url = P.start_valkey(root, free_port())
+        started.append(proc)
+    proc, s3_url = P.start_seaweedfs(root, free_port_block(), DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, "pareto")
+    started.append(proc)
+    yield redis_url, s3_url, root
+    P.stop_all(started, timeout=5)
+
+
+@pytest.fixture(scope="session")
+def stack(services, tmp_path_factory):
+    redis_url, s3_url, _ = services
+    s = Stack.start(tmp_path_factory.mktemp("stack"), redis_url, s3_url, workers=1,
+                    PARETO_MAX_UPLOAD_BYTES=MAX_UPLOAD_BYTES)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(stack):
+    with stack.client("tenant-a") as c:
+        yield c
+
+
+@pytest.fixture
+def other_client(stack):
+    with stack.client("tenant-b") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def digits(request) -> tuple[Path, Path]:
+    """The digits MLP (1.1 M parameters, trained on scikit-learn's digits) and its held-out data,
+    built once and cached between runs."""
+    from examples.digits import write_example
+
+    folder = Path(request.config.cache.mkdir("digits-mlp-v1"))
+    model, data = folder / "digits-mlp.onnx", folder / "digits.npz"
+    if not (model.exists() and data.exists()):
+        write_example(folder)
+    return model, data

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from core.recipe import Goal
+from core.report import Candidate, Fidelity, Latency, Metrics
+from workers import goals as G
+
+
+def cand(cid, size, p50, accuracy=None, cosine=1.0) -> Candidate:
+    return Candidate(id=cid, metrics=Metrics(
+        size_bytes=size, size_gzip_bytes=size, params=1, nonzero_params=1,
+        latency_ms={"1": Latency(p50=p50, p90=p50, p99=p50)},
+        quality={"accuracy": accuracy} if accuracy is not None else {},
+        fidelity=Fidelity(cosine=cosine, max_abs_error=0.0)))
+
+
+def test_max_degradation_absolute_and_relative():
+    base = cand("baseline", 100, 1.0, accuracy=0.9)
+    ok, bad = cand("a", 50, 1.0, accuracy=0.895), cand("b", 50, 1.0, accuracy=0.85)
+    goal = [Goal(metric="quality", max_degradation=0.01)]
+    assert G.evaluate(ok, base, goal)[0].met
+    r = G.evaluate(bad, base, goal)[0]
+    assert not r.met and abs(r.gap - 0.04) < 1e-9 and abs(r.bound - 0.89) < 1e-9
+    rel = [Goal(metric="latency_p50_ms", max_degradation=0.1, relative=True)]
+    assert G.evaluate(cand("c", 1, 1.09), base, rel)[0].met
+    assert not G.evaluate(cand("d", 1, 1.2), base, rel)[0].met
+
+
+def test_threshold_direction_follows_the_metric():
+    base = cand("baseline", 100, 1.0)
+    assert G.evaluate(cand("a", 40, 1.0), base, [Goal(metric="size_bytes", threshold=50)])[0].met
+    assert not G.evaluate(cand("a", 60, 1.0), base, [Goal(metric="size_bytes", threshold=50)])[0].met
+    assert G.evaluate(cand("a", 1, 1.0, cosine=0.995), base, [Goal(metric="fidelity.cosine", threshold=0.99)])[0].met
+
+
+def test_frontier_drops_dominated_candidates():
+    a, b, c = cand("a", 10, 1.0, 0.9), cand("b", 20, 2.0, 0.9), cand("c", 5, 3.0, 0.8)
+    objs = list(G.DEFAULT_OBJECTIVES)
+    assert {x.id for x in G.frontier([a, b, c], objs)} == {"a", "c"}
+
+
+def test_recommend_by_priority_with_tolerance():
+    fast = cand("fast", 30, 1.0, 0.899)
+    small = cand("small", 10, 2.0, 0.9)
+    objs = [Goal(metric="quality", maximize=True), Goal(metric="latency_p50_ms", minimize=True)]
+    assert G.recommend([fast, small], objs).id == "fast"  # accuracies within 2 %: latency decides
+    objs = [Goal(metric="size_bytes", minimize=True)]
+    assert G.recommend([fast, small], objs).id == "small"
+
+
+def test_when_nothing_meets_the_goals_the_closest_is_recommended():
+    base = cand("baseline", 100, 1.0, 0.9)
+    near, far = cand("near", 10, 1.0, 0.88), cand("far", 10, 1.0, 0.5)
+    goals = [Goal(metric="quality", max_degradation=0.001)]
+    for c in (near, far):
+        c.goals = G.evaluate(c, base, goals)
+        c.goals_met = all(r.met for r in c.goals)
+    assert G.recommend([far, near], G.objectives(goals)).id == "near"

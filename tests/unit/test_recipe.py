@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from core.recipe import Goal, Recipe
+from core.recipes import builtin_recipe, builtin_recipes
+from core.steps import StepParams, catalog
+from core.steps.quantize import Quantize
+
+
+def test_steps_are_a_tagged_union_and_round_trip():
+    r = Recipe.model_validate({"steps": [{"quantize": {"mode": "dynamic", "exclude": ["*head*"]}}]})
+    assert isinstance(r.steps[0], Quantize) and r.steps[0].exclude == ["*head*"]
+    dumped = r.model_dump(mode="json")
+    assert list(dumped["steps"][0]) == ["quantize"]
+    assert Recipe.model_validate(dumped) == r
+
+
+def test_a_step_without_parameters_takes_the_defaults():
+    r = Recipe.model_validate({"steps": [{"quantize": None}]})
+    assert r.steps[0] == Quantize()
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([{"nope": {}}], "unknown step 'nope'"),
+    ([{"quantize": {}, "prune": {}}], "exactly one key"),
+    (["quantize"], "exactly one key"),
+    ([{"quantize": {"dtype": "int3"}}], "dtype"),
+    ([{"quantize": {"extra": True}}], "extra"),
+    ([{"quantize": [1, 2]}], "must be a mapping"),
+])
+def test_bad_steps_are_rejected(steps, message):
+    with pytest.raises(ValidationError) as e:
+        Recipe.model_validate({"steps": steps})
+    assert message in str(e.value)
+
+
+def test_unknown_top_level_fields_are_rejected():
+    with pytest.raises(ValidationError):
+        Recipe.model_validate({"steps": [{"quantize": {}}], "stepz": []})
+
+
+def test_target_batch_sizes_are_sorted_and_bounded():
+    r = Recipe.model_validate({"steps": [{"quantize": {}}], "target": {"batch_sizes": [8, 1, 8]}})
+    assert r.target.batch_sizes == [1, 8]
+    with pytest.raises(ValidationError):
+        Recipe.model_validate({"steps": [{"quantize": {}}], "target": {"batch_sizes": [5000]}})
+
+
+def test_a_goal_has_exactly_one_kind():
+    assert Goal(metric="quality", max_degradation=0.01).is_constraint
+    assert not Goal(metric="latency_p50_ms", minimize=True).is_constraint
+    for bad in [{"metric": "quality"}, {"metric": "quality", "threshold": 0.9, "minimize": True}]:
+        with pytest.raises(ValidationError):
+            Goal.model_validate(bad)
+
+
+def test_builtin_recipes_validate_and_describe_themselves():
+    for r in builtin_recipes():
+        assert r.description and builtin_recipe(r.name) == r
+
+
+def test_catalog_lists_every_registered_step_with_its_schema():
+    names = [s["name"] for s in catalog()]
+    assert names == sorted(StepParams.registry)
+    quantize = next(s for s in catalog() if s["name"] == "quantize")
+    assert quantize["schema"]["properties"]["per_channel"]["default"] is True

@@ -1,0 +1,107 @@
+"""Measures a model the same way for the baseline and every candidate: counted from the file, run on
+the target in a probe process, compared with the baseline's outputs on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import ParetoError
+from core.recipe import Target
+from core.report import Fidelity, Latency, Metrics
+from workers.modelstats import static_metrics
+
+PROBE_TIMEOUT_S = 1800
+
+
+def providers_for(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ParetoError("this worker has no CUDA execution provider", code="target_unavailable")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def resolve_threads(target: Target, default: int) -> int:
+    return target.threads or default or len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Bench:
+    """How every model of one job is measured: same inputs, same target, same settings."""
+
+    workdir: Path
+    inputs_path: Path  # .npz of the evaluation inputs
+    target: Target
+    threads: int
+    providers: list[str]
+    fixed_batch: int | None
+    labels: np.ndarray | None = None
+
+    def run(self, model: Path, reference: list[np.ndarray] | None) -> tuple[Metrics, list[np.ndarray], list[str]]:
+        """Metrics of `model`, its outputs on the evaluation inputs, and notes (e.g. skipped batches)."""
+        probe = self._probe(model)
+        outputs_file = np.load(probe.pop("outputs_path"), allow_pickle=False)
+        outputs = [outputs_file[f"arr_{i}"] for i in range(len(outputs_file.files))]
+        metrics = Metrics(
+            **static_metrics(model, self.target.input_shapes),
+            latency_ms={b: Latency(**v) for b, v in probe["latency_ms"].items()},
+            throughput_per_s=probe["throughput_per_s"],
+            peak_memory_bytes=probe["peak_memory_bytes"],
+            quality=quality(outputs, self.labels),
+            fidelity=fidelity(reference[0], outputs[0]) if reference and outputs else None,
+        )
+        return metrics, outputs, probe["notes"]
+
+    def _probe(self, model: Path) -> dict:
+        stem = model.stem
+        spec = {
+            "model": str(model), "inputs": str(self.inputs_path),
+            "outputs": str(self.workdir / f"{stem}.outputs.npz"),
+            "batch_sizes": self.target.batch_sizes, "warmup": self.target.warmup,
+            "repeats": self.target.repeats, "threads": self.threads, "providers": self.providers,
+            "fixed_batch": self.fixed_batch,
+        }
+        spec_path = self.workdir / f"{stem}.probe.json"
+        spec_path.write_text(json.dumps(spec))
+        done = subprocess.run(
+            [sys.executable, "-m", "workers.probe", str(spec_path)],
+            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:500]
+            raise ParetoError(f"the model could not be run on the target: {last}", code="model_run_failed")
+        result = json.loads(done.stdout)
+        result["outputs_path"] = spec["outputs"]
+        return result
+
+
+def fidelity(reference: np.ndarray, output: np.ndarray) -> Fidelity:
+    n = min(len(reference), len(output))
+    a = reference[:n].reshape(n, -1).astype(np.float64)
+    b = output[:n].reshape(n, -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+    top1 = None
+    if reference.ndim == 2 and reference.shape[1] > 1:
+        top1 = float(np.mean(reference[:n].argmax(1) == output[:n].argmax(1)))
+    return Fidelity(top1_agreement=top1, cosine=float(cosine.mean()), max_abs_error=float(np.abs(a - b).max()))
+
+
+def quality(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
+    """Label-based quality of the first output; classification accuracy when it is [samples, classes]."""
+    if labels is None or not outputs:
+        return {}
+    logits = outputs[0]
+    n = min(len(logits), len(labels))
+    if logits.ndim == 2 and logits.shape[1] > 1 and np.issubdtype(labels.dtype, np.integer):
+        return {"accuracy": float(np.mean(logits[:n].argmax(1) == labels[:n]))}
+    return {}

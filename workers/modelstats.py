@@ -1,0 +1,126 @@
+"""What can be counted from the file itself: size, compressed size, parameters, MACs."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+# Inputs of quantized operators that are scales or zero points, not weights: (op_type -> input indexes).
+_AUX_INPUTS = {
+    "QuantizeLinear": {1, 2},
+    "DequantizeLinear": {1, 2},
+    "MatMulInteger": {2, 3},
+    "ConvInteger": {2, 3},
+    "QLinearConv": {1, 2, 4, 5, 6, 7},
+    "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    "DynamicQuantizeMatMul": {2, 3, 4},
+    "MatMulNBits": {2, 3, 4, 5},
+}
+_INDEX_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def gzip_size(path: Path) -> int:
+    compressor, size = zlib.compressobj(6, zlib.DEFLATED, 31), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            size += len(compressor.compress(chunk))
+    return size + len(compressor.flush())
+
+
+def _weights(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, int]]:
+    """(tensor, logical element count) for every weight: initializers and Constant tensors, minus
+    quantization scales / zero points and integer index tensors (shapes, axes)."""
+    aux = set()
+    packed: dict[str, int] = {}
+    dynamic_scales = {n.output[1] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    for node in model.graph.node:
+        if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
+            aux.update(node.input)  # activation scale x weight scale, after MatMulInteger
+        for i in _AUX_INPUTS.get(node.op_type, ()):
+            if i < len(node.input):
+                aux.add(node.input[i])
+        if node.op_type == "MatMulNBits" and len(node.input) > 1:
+            attrs = {a.name: a.i for a in node.attribute}
+            packed[node.input[1]] = attrs.get("K", 0) * attrs.get("N", 0)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    out = []
+    for t in tensors:
+        if t.name in aux or t.data_type in _INDEX_TYPES:
+            continue
+        count = packed.get(t.name) or (int(np.prod(t.dims)) if t.dims else 1)
+        out.append((t, count))
+    return out
+
+
+def count_params(model: onnx.ModelProto) -> tuple[int, int]:
+    """(parameters, nonzero parameters)."""
+    total = nonzero = 0
+    for tensor, count in _weights(model):
+        total += count
+        values = numpy_helper.to_array(tensor)
+        nonzero += count if values.size != count else int(np.count_nonzero(values))
+    return total, nonzero
+
+
+def _static_copy(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx.ModelProto:
+    """The model with every input dimension fixed (batch 1), so shapes can be inferred."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    init = {i.name for i in copy.graph.initializer}
+    for value in copy.graph.input:
+        if value.name in init:
+            continue
+        shape = dims.get(value.name)
+        for i, d in enumerate(value.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                d.dim_value = 1 if i == 0 else (shape[i] if shape and i < len(shape) else 16)
+    return copy
+
+
+def count_macs(model: onnx.ModelProto, dims: dict[str, list[int]]) -> int | None:
+    """Multiply-accumulates of one sample through MatMul / Gemm / Conv (and their quantized forms)."""
+    try:
+        inferred = shape_inference.infer_shapes(_static_copy(model, dims), data_prop=True)
+    except Exception:
+        return None
+    g = inferred.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in [*g.input, *g.value_info, *g.output]}
+    shapes.update({t.name: list(t.dims) for t in g.initializer})
+    total = 0
+    for node in g.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if not out or 0 in out:
+            continue
+        if node.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul"):
+            a = shapes.get(node.input[0])
+            if not a:
+                continue
+            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+            k = a[-2] if trans_a else a[-1]
+            total += int(np.prod(out)) * k
+        elif node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            w = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
+            if w:
+                total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "MatMulNBits":
+            k = next((x.i for x in node.attribute if x.name == "K"), 0)
+            total += int(np.prod(out)) * k
+    return total
+
+
+def static_metrics(path: Path, dims: dict[str, list[int]]) -> dict:
+    model = onnx.load(str(path))
+    params, nonzero = count_params(model)
+    return {
+        "size_bytes": path.stat().st_size,
+        "size_gzip_bytes": gzip_size(path),
+        "params": params,
+        "nonzero_params": nonzero,
+        "macs": count_macs(model, dims),
+    }

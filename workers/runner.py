@@ -1,0 +1,132 @@
+"""A job's life on a worker: claim it (counting deliveries per job id), run the recipe, store the
+results, and always leave the job in a terminal state.
+
+`succeeded` is written only after every artifact and the report are in S3. A delivery that finds the
+job already terminal (cancelled while queued, or finished before a redelivery) does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from functools import lru_cache
+
+from billiard.exceptions import SoftTimeLimitExceeded
+
+from core.assets import AssetStore
+from core.errors import JobCancelled, ParetoError
+from core.job import Artifact, Job, JobError, JobStatus, Progress
+from core.jobstore import JobStore, redis_client
+from core.objectstore import ObjectStore, job_prefix
+from core.settings import Settings, get_settings
+from workers.pipeline import run_recipe
+
+log = logging.getLogger("pareto.worker")
+
+
+class _Skip(Exception):
+    """The delivery has nothing to do: the job is already terminal."""
+
+
+@lru_cache
+def _stores() -> tuple[Settings, JobStore, ObjectStore]:
+    settings = get_settings()
+    objects = ObjectStore(settings)
+    return settings, JobStore(redis_client(settings), objects), objects
+
+
+def _claim(jobs: JobStore, job_id: str, max_attempts: int) -> Job | None:
+    def claim(job: Job) -> Job:
+        if job.status.terminal:
+            raise _Skip
+        attempts = job.attempts + 1
+        if attempts > max_attempts:  # earlier deliveries died with their worker
+            return job.moved_to(JobStatus.failed, attempts=job.attempts, error=JobError(
+                code="worker_lost",
+                message=f"the worker running this job was lost {job.attempts} times (out of memory, "
+                        "killed, or node lost); not retried again"))
+        return job.moved_to(JobStatus.running, attempts=attempts, progress=Progress(message="starting"))
+
+    try:
+        job = jobs.update(job_id, claim)
+    except _Skip:
+        return None
+    return job if job.status is JobStatus.running else None
+
+
+def _finish(jobs: JobStore, job_id: str, status: JobStatus, **changes) -> None:
+    def finish(job: Job) -> Job:
+        if job.status.terminal:
+            return job
+        if status is JobStatus.succeeded and job.cancel_requested:
+            return job.moved_to(JobStatus.cancelled)
+        return job.moved_to(status, **changes)
+
+    jobs.update(job_id, finish)
+
+
+def run_job(tenant: str, job_id: str) -> None:
+    settings, jobs, objects = _stores()
+    job = jobs.load(job_id)
+    if job is None or job.tenant != tenant:
+        log.error("job %s of tenant %s not found; dropping the message", job_id, tenant)
+        return
+    job = _claim(jobs, job_id, settings.max_attempts)
+    if job is None:
+        return
+    workdir = settings.job_work_dir / job_id
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        artifacts = _execute(job, settings, jobs, objects, workdir)
+        done = Progress(step=job.progress.steps_total, steps_total=job.progress.steps_total, fraction=1.0,
+                        message="done")
+        _finish(jobs, job_id, JobStatus.succeeded, artifacts=artifacts, progress=done)
+    except JobCancelled:
+        _finish(jobs, job_id, JobStatus.cancelled)
+    except SoftTimeLimitExceeded:
+        _finish(jobs, job_id, JobStatus.failed, error=JobError(
+            code="time_limit", message=f"the job ran longer than {settings.soft_time_limit_s} s"))
+    except ParetoError as e:
+        log.warning("job %s failed: %s: %s", job_id, e.code, e.message)
+        _finish(jobs, job_id, JobStatus.failed, error=JobError(code=e.code, message=e.message))
+    except Exception as e:
+        log.exception("job %s failed unexpectedly", job_id)
+        _finish(jobs, job_id, JobStatus.failed, error=JobError(
+            code="internal_error", message=f"unexpected {type(e).__name__}: {str(e)[:300]}"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore, workdir) -> list[Artifact]:
+    def checkpoint(done: int, total: int, message: str) -> None:
+        current = jobs.set_progress(job.id, Progress(step=done, steps_total=total,
+                                                     fraction=round(done / total, 4), message=message))
+        if current.cancel_requested or current.status is not JobStatus.running:
+            raise JobCancelled()
+
+    assets = AssetStore(objects)
+    model = assets.load(job.tenant, "models", job.model_id)
+    source = objects.download_file(assets.file_key(job.tenant, "models", model.id, "model"),
+                                   workdir / "baseline.onnx")
+    dataset = None
+    if job.dataset_id:
+        assets.load(job.tenant, "datasets", job.dataset_id)
+        dataset = objects.download_file(assets.file_key(job.tenant, "datasets", job.dataset_id, "data.npz"),
+                                        workdir / "dataset.npz")
+    outcome = run_recipe(job, model, source, dataset, workdir, settings, checkpoint)
+
+    prefix = job_prefix(job.tenant, job.id)
+    stored = []
+    for name, path in outcome.artifacts.items():  # deterministic keys: a rerun overwrites
+        key = f"{prefix}artifacts/{name}"
+        sha256 = objects.upload_file(key, path)
+        stored.append(Artifact(name=name, key=key, size_bytes=path.stat().st_size, sha256=sha256))
+    report = outcome.report.model_dump(mode="json")
+    report_path = workdir / "report.json"
+    report_path.write_text(json.dumps(report, indent=2))
+    sha256 = objects.upload_file(f"{prefix}report.json", report_path, "application/json")
+    stored.append(Artifact(name="report.json", key=f"{prefix}report.json",
+                           size_bytes=report_path.stat().st_size, sha256=sha256))
+    return stored
