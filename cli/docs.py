@@ -32,8 +32,9 @@ def render_steps() -> str:
     lines = ["# Steps", "", "Generated from the step registry by `python -m cli.docs`; `GET /v1/steps` serves the "
              "same schemas.", ""]
     for step in catalog():
+        needs = "yes" if step["needs_dataset"] else "no"
         lines += [f"## `{step['name']}`", "", step["summary"], "",
-                  f"Formats: {', '.join(step['formats'])}. Needs a dataset: {'yes' if step['needs_dataset'] else 'no'}.",
+                  f"Formats: {', '.join(step['formats'])}. Needs a dataset: {needs}.",
                   "", "| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, prop in step["schema"].get("properties", {}).items():
             desc = prop.get("description", "").replace("\n", " ")
