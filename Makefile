@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-fast lint up clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-reference.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[worker,embedded,dev]"
+	$(PY) -m pip install -q --no-deps -r requirements-reference.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -32,7 +32,7 @@ def render_steps() -> str:
     lines = ["# Steps", "", "Generated from the step registry by `python -m cli.docs`; `GET /v1/steps` serves the "
              "same schemas.", ""]
     for step in catalog():
-        needs = "yes" if step["needs_dataset"] else "no"
+        needs = step["needs_dataset"]
         lines += [f"## `{step['name']}`", "", step["summary"], "",
                   f"Formats: {', '.join(step['formats'])}. Needs a dataset: {needs}.",
                   "", "| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]

@@ -28,11 +28,10 @@ class ModelRecord(BaseModel):
     sha256: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    operators: list[str] = Field(default_factory=list, description="ONNX operator types (for .pt2: the "
+                                 "ONNX equivalents of its ATen operators)")
+    layers: int = Field(0, description="repeated layers found (transformer layers or same-width blocks)")
     created_at: datetime = Field(default_factory=now)
-
-    @property
-    def filename(self) -> str:
-        return f"model.{self.format}"
 
 
 class ArraySpec(BaseModel):

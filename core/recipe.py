@@ -47,18 +47,36 @@ class Target(Strict):
         return v
 
 
-Metric = str  # "quality", "quality.<name>", "fidelity.<name>", "latency_p50_ms", "size_bytes", ...
+# Metrics goals may name; "quality" is the first label-based quality metric, else fidelity cosine.
+HIGHER_IS_BETTER = ("quality", "fidelity.cosine", "fidelity.top1_agreement", "throughput_per_s")
+LOWER_IS_BETTER = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "size_bytes", "size_gzip_bytes",
+                   "params", "nonzero_params", "macs", "peak_memory_bytes", "fidelity.max_abs_error")
+LOWER_QUALITY = ("mse", "mae")  # quality.<name> metrics where lower is better
+
+
+def higher_is_better(metric: str) -> bool:
+    if metric.startswith("quality.") and metric.split(".", 1)[1] in LOWER_QUALITY:
+        return False
+    return metric.startswith("quality") or metric in HIGHER_IS_BETTER
 
 
 class Goal(Strict):
     """A constraint (max_degradation / threshold) or an objective (minimize / maximize) on one metric."""
 
-    metric: Metric
+    metric: str = Field(description="quality, quality.<name>, fidelity.cosine, latency_p50_ms, size_bytes, ...")
     max_degradation: float | None = Field(None, ge=0, description="Largest allowed drop from the baseline.")
     relative: bool = Field(False, description="max_degradation is a fraction of the baseline value.")
     threshold: float | None = Field(None, description="Bound the value must respect (>= for quality).")
     minimize: bool | None = None
     maximize: bool | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in HIGHER_IS_BETTER or v in LOWER_IS_BETTER or (v.startswith("quality.") and len(v) > 8):
+            return v
+        raise ValueError(f"unknown metric {v!r}; known: {', '.join((*HIGHER_IS_BETTER, *LOWER_IS_BETTER))}, "
+                         "quality.<name>")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Goal:
@@ -90,4 +108,4 @@ class Recipe(Strict):
 
     @property
     def needs_dataset(self) -> bool:
-        return any(s.needs_dataset for s in self.steps)
+        return any(s.needs_data for s in self.steps)

@@ -16,7 +16,7 @@ class Latency(BaseModel):
 class Fidelity(BaseModel):
     """Agreement of a candidate's outputs with the baseline's, on the same inputs."""
 
-    top1_agreement: float | None = None  # classification-shaped outputs only
+    top1_agreement: float | None = None  # classifiers only (datasets with integer labels)
     cosine: float
     max_abs_error: float
 
@@ -52,7 +52,8 @@ class Candidate(BaseModel):
     id: str
     parent_id: str | None = None
     steps: list[dict] = Field(default_factory=list)
-    artifact: str | None = None
+    artifact: str | None = None  # the ONNX file among the job's artifacts
+    artifact_pt2: str | None = None  # the .pt2 file, when the input was a PyTorch program
     goals_met: bool = True
     goals: list[GoalResult] = Field(default_factory=list)
     metrics: Metrics

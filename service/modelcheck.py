@@ -14,6 +14,8 @@ from onnx import TensorProto
 
 from core.assets import TensorSpec
 from core.errors import InvalidModel
+from core.modelinfo import find_layers, operators
+from core.pt2check import describe_pt2
 
 MAX_NODES = 200_000
 
@@ -48,8 +50,32 @@ def _refuse_external_data(model: onnx.ModelProto) -> None:
             )
 
 
-def inspect_onnx(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The model's graph inputs (initializers excluded) and outputs; InvalidModel with the reason."""
+# ATen operators of a torch.export program and the ONNX operators they become, for step preflight
+ATEN_AS_ONNX = {
+    "linear": "MatMul", "addmm": "Gemm", "mm": "MatMul", "matmul": "MatMul", "bmm": "MatMul",
+    "conv1d": "Conv", "conv2d": "Conv", "conv3d": "Conv", "convolution": "Conv", "embedding": "Gather",
+    "layer_norm": "LayerNormalization", "batch_norm": "BatchNormalization", "relu": "Relu", "gelu": "Gelu",
+    "softmax": "Softmax", "_softmax": "Softmax", "scaled_dot_product_attention": "Softmax",
+    "max_pool2d": "MaxPool", "avg_pool2d": "AveragePool", "adaptive_avg_pool2d": "GlobalAveragePool",
+}
+
+
+def onnx_equivalents(targets: list[str]) -> list[str]:
+    names = {t.split(".")[3] if t.startswith("torch.ops.aten.") and t.count(".") >= 3 else t for t in targets}
+    return sorted({ATEN_AS_ONNX.get(n, n) for n in names})
+
+
+def inspect_model(path: Path, fmt: str, max_bytes: int) -> dict:
+    """{inputs, outputs, operators, layers} of an upload; InvalidModel with the reason if it is not one."""
+    if fmt == "pt2":
+        inputs, outputs, targets, layers = describe_pt2(path, max_bytes)
+        return {"inputs": inputs, "outputs": outputs, "operators": onnx_equivalents(targets), "layers": layers}
+    model, inputs, outputs = inspect_onnx(path)
+    return {"inputs": inputs, "outputs": outputs, "operators": operators(model), "layers": len(find_layers(model))}
+
+
+def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[TensorSpec]]:
+    """The model, its graph inputs (initializers excluded) and outputs; InvalidModel with the reason."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as e:
@@ -69,4 +95,4 @@ def inspect_onnx(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     outputs = [_spec(v) for v in model.graph.output]
     if not inputs or not outputs:
         raise InvalidModel("the graph needs at least one input and one output")
-    return inputs, outputs
+    return model, inputs, outputs

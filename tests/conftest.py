@@ -14,7 +14,7 @@ from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 from tests.stack import Stack, free_port, free_port_block
 
 TEST_REDIS_URL = os.environ.get("PARETO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_UPLOAD_BYTES = 128 * 1024 * 1024
 
 
 def _answers(url: str) -> bool:
@@ -60,6 +60,42 @@ def client(stack):
 def other_client(stack):
     with stack.client("tenant-b") as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def reference(request):
+    """Builds (once, cached between runs) a reference model set from examples/reference.py."""
+    import examples.reference as ref
+
+    def build(name: str) -> dict[str, Path]:
+        folder = Path(request.config.cache.mkdir(f"reference-{name}-v1"))
+        writer = {"cnn": ref.write_digits_cnn, "minilm": ref.write_minilm}[name]
+        files = {"cnn": ("digits-cnn.onnx", "digits-cnn.pt2", "digits-images.npz"),
+                 "minilm": ("minilm.onnx", "minilm.pt2", "sentences.npz")}[name]
+        paths = dict(zip(("onnx", "pt2", "data"), (folder / f for f in files), strict=True))
+        if not all(p.exists() for p in paths.values()):
+            writer(folder)
+        return paths
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(reference) -> dict[str, Path]:
+    return reference("cnn")
+
+
+@pytest.fixture(scope="session")
+def minilm(reference, tmp_path_factory) -> dict[str, Path]:
+    """all-MiniLM-L6-v2 (ONNX and .pt2) and 32 tokenized real sentences, to keep jobs short."""
+    import numpy as np
+
+    paths = dict(reference("minilm"))
+    small = tmp_path_factory.mktemp("minilm") / "sentences-32.npz"
+    with np.load(paths["data"]) as data:
+        np.savez(small, **{k: data[k][:32] for k in data.files})
+    paths["data"] = small
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -8,28 +8,12 @@ batch size), `size_bytes`, `size_gzip_bytes`, `params`, `nonzero_params`, `macs`
 
 from __future__ import annotations
 
-from core.errors import InvalidRecipe
-from core.recipe import Goal
+from core.recipe import Goal, higher_is_better
 from core.report import Candidate, GoalResult
 
-HIGHER_IS_BETTER = ("quality", "fidelity.cosine", "fidelity.top1_agreement", "throughput_per_s")
-LOWER_IS_BETTER = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "size_bytes", "size_gzip_bytes",
-                   "params", "nonzero_params", "macs", "peak_memory_bytes", "fidelity.max_abs_error")
 DEFAULT_OBJECTIVES = (Goal(metric="quality", maximize=True), Goal(metric="latency_p50_ms", minimize=True),
                       Goal(metric="size_bytes", minimize=True))
 TIE = 0.02  # values within 2 % count as equal when ranking by the next objective
-
-
-def higher_is_better(metric: str) -> bool:
-    if metric.startswith("quality.") and metric.split(".", 1)[1] in ("mse", "mae"):
-        return False
-    return metric.startswith("quality") or metric in HIGHER_IS_BETTER
-
-
-def check_metric(metric: str) -> None:
-    if not (metric in HIGHER_IS_BETTER or metric in LOWER_IS_BETTER or metric.startswith("quality.")):
-        known = ", ".join((*HIGHER_IS_BETTER, *LOWER_IS_BETTER, "quality.<name>"))
-        raise InvalidRecipe(f"unknown goal metric {metric!r}; known: {known}", code="unknown_metric")
 
 
 def value(c: Candidate, metric: str) -> float | None:

@@ -28,9 +28,13 @@ class StepContext:
     inputs: list[TensorSpec]
     samples: dict[str, np.ndarray]  # the job's evaluation inputs, keyed by model input name
     labels: np.ndarray | None = None
+    from_dataset: bool = False  # samples are the user's data, not generated
     seed: int = 0
     device: str = "cpu"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int = 1
     checkpoint: Callable[[str], None] = field(default=lambda message: None)  # progress + cancellation
+    notes: list[str] = field(default_factory=list)  # what the step wants the report to say
 
     def path(self, name: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)

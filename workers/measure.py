@@ -45,6 +45,12 @@ class Bench:
     providers: list[str]
     fixed_batch: int | None
     labels: np.ndarray | None = None
+    sample_shapes: dict[str, list[int]] | None = None  # one sample's shape per input, for MACs
+
+    @property
+    def classification(self) -> bool:
+        """Integer labels: the model is a classifier, and top-1 agreement means something."""
+        return self.labels is not None and np.issubdtype(self.labels.dtype, np.integer)
 
     def run(self, model: Path, reference: list[np.ndarray] | None) -> tuple[Metrics, list[np.ndarray], list[str]]:
         """Metrics of `model`, its outputs on the evaluation inputs, and notes (e.g. skipped batches)."""
@@ -52,12 +58,12 @@ class Bench:
         outputs_file = np.load(probe.pop("outputs_path"), allow_pickle=False)
         outputs = [outputs_file[f"arr_{i}"] for i in range(len(outputs_file.files))]
         metrics = Metrics(
-            **static_metrics(model, self.target.input_shapes),
+            **static_metrics(model, self.sample_shapes),
             latency_ms={b: Latency(**v) for b, v in probe["latency_ms"].items()},
             throughput_per_s=probe["throughput_per_s"],
             peak_memory_bytes=probe["peak_memory_bytes"],
             quality=quality(outputs, self.labels),
-            fidelity=fidelity(reference[0], outputs[0]) if reference and outputs else None,
+            fidelity=fidelity(reference[0], outputs[0], self.classification) if reference and outputs else None,
         )
         return metrics, outputs, probe["notes"]
 
@@ -84,14 +90,14 @@ class Bench:
         return result
 
 
-def fidelity(reference: np.ndarray, output: np.ndarray) -> Fidelity:
+def fidelity(reference: np.ndarray, output: np.ndarray, classification: bool) -> Fidelity:
     n = min(len(reference), len(output))
     a = reference[:n].reshape(n, -1).astype(np.float64)
     b = output[:n].reshape(n, -1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
     top1 = None
-    if reference.ndim == 2 and reference.shape[1] > 1:
+    if classification and reference.ndim == 2 and reference.shape[1] > 1:
         top1 = float(np.mean(reference[:n].argmax(1) == output[:n].argmax(1)))
     return Fidelity(top1_agreement=top1, cosine=float(cosine.mean()), max_abs_error=float(np.abs(a - b).max()))
 

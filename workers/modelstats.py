@@ -36,8 +36,13 @@ def _weights(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, int]]:
     quantization scales / zero points and integer index tensors (shapes, axes)."""
     aux = set()
     packed: dict[str, int] = {}
+    dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}  # QDQ int32 biases
     dynamic_scales = {n.output[1] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
+    inits = {t.name for t in model.graph.initializer}
+    cast_consts = {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}
     for node in model.graph.node:
+        if node.op_type == "Gather" and node.input[0] in inits and node.input[1] in inits | cast_consts:
+            aux.add(node.input[0])  # a clustered layer's codebook: its codes are the weights
         if node.op_type == "Mul" and dynamic_scales.intersection(node.input):
             aux.update(node.input)  # activation scale x weight scale, after MatMulInteger
         for i in _AUX_INPUTS.get(node.op_type, ()):
@@ -50,7 +55,7 @@ def _weights(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, int]]:
     tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     out = []
     for t in tensors:
-        if t.name in aux or t.data_type in _INDEX_TYPES:
+        if t.name in aux or (t.data_type in _INDEX_TYPES and t.name not in dequantized):
             continue
         count = packed.get(t.name) or (int(np.prod(t.dims)) if t.dims else 1)
         out.append((t, count))
@@ -71,6 +76,7 @@ def _static_copy(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx.Mod
     """The model with every input dimension fixed (batch 1), so shapes can be inferred."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
+    del copy.graph.value_info[:]  # recorded types without shapes would block inference
     init = {i.name for i in copy.graph.initializer}
     for value in copy.graph.input:
         if value.name in init:
@@ -82,29 +88,52 @@ def _static_copy(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx.Mod
     return copy
 
 
-def count_macs(model: onnx.ModelProto, dims: dict[str, list[int]]) -> int | None:
-    """Multiply-accumulates of one sample through MatMul / Gemm / Conv (and their quantized forms)."""
+def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """Shapes of every tensor: onnxruntime's symbolic inference knows its own operators (MatMulNBits,
+    fused ops) and mixed-precision graphs; onnx's is the fallback."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
     try:
-        inferred = shape_inference.infer_shapes(_static_copy(model, dims), data_prop=True)
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
     except Exception:
-        return None
+        try:
+            return shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:
+            return None
+
+
+def tensor_shapes(model: onnx.ModelProto, dims: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The shape of every tensor for one sample (batch 1); {} when inference fails."""
+    inferred = _inferred(_static_copy(model, dims))
+    if inferred is None:
+        return {}
     g = inferred.graph
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+    # a dimension inference could not pin (data-dependent) is the batch of 1 we fixed, or close enough
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
               for v in [*g.input, *g.value_info, *g.output]}
     shapes.update({t.name: list(t.dims) for t in g.initializer})
+    return shapes
+
+
+def count_macs(model: onnx.ModelProto, dims: dict[str, list[int]]) -> int | None:
+    """Multiply-accumulates of one sample through MatMul / Gemm / Conv (and their quantized forms)."""
+    shapes = tensor_shapes(model, dims)
+    if not shapes:
+        return None
+    g = model.graph
     total = 0
     for node in g.node:
         out = shapes.get(node.output[0]) if node.output else None
         if not out or 0 in out:
             continue
-        if node.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul"):
+        if node.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul", "FusedMatMul", "FusedGemm"):
             a = shapes.get(node.input[0])
             if not a:
                 continue
             trans_a = any(x.name == "transA" and x.i for x in node.attribute)
             k = a[-2] if trans_a else a[-1]
             total += int(np.prod(out)) * k
-        elif node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        elif node.op_type in ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "NhwcConv"):
             w = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
             if w:
                 total += int(np.prod(out)) * int(np.prod(w[1:]))

@@ -16,11 +16,11 @@ from core.settings import Settings
 from workers.handle import ModelHandle, StepContext
 from workers.inputs import batch_dim, generate, load_dataset
 from workers.measure import Bench, providers_for, resolve_threads
+from workers.pt2 import onnx_to_program, program_to_onnx
 from workers.report import build
 from workers.steps import apply_step
 
 Checkpoint = Callable[[int, int, str], None]  # (done, total, message); raises JobCancelled
-RECOMMENDED_ARTIFACT = "model.onnx"
 
 
 @dataclass
@@ -39,8 +39,15 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, dataset: Path | None,
         samples, labels = generate(model.inputs, target.input_shapes, seed=seed), None
     inputs_path = workdir / "inputs.npz"
     np.savez(inputs_path, **samples)
+    program = None
+    if model.format == "pt2":
+        checkpoint(0, 1, "converting the PyTorch program to ONNX")
+        program = source
+        source = program_to_onnx(program, workdir / "baseline.onnx", model.inputs, model.outputs, samples,
+                                 settings.max_upload_bytes)
     bench = Bench(workdir / "probe", inputs_path, target, resolve_threads(target, settings.intra_op_threads),
-                  providers_for(target.device), batch_dim(model.inputs), labels)
+                  providers_for(target.device), batch_dim(model.inputs), labels,
+                  {k: [1, *v.shape[1:]] for k, v in samples.items()})
     bench.workdir.mkdir(parents=True, exist_ok=True)
 
     total = 2 + 2 * len(recipe.steps)
@@ -54,7 +61,8 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, dataset: Path | None,
         checkpoint(done, total, f"step {i}/{len(recipe.steps)}: {step.name}")
         ctx = StepContext(
             workdir=workdir / f"step{i}-{step.name}", settings=settings, inputs=model.inputs,
-            samples=samples, labels=labels, device=target.device,
+            samples=samples, labels=labels, from_dataset=dataset is not None, device=target.device,
+            providers=bench.providers, threads=bench.threads,
             checkpoint=lambda message, done=done: checkpoint(done, total, message),
         )
         handle = apply_step(handle, step, ctx)
@@ -63,7 +71,7 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, dataset: Path | None,
         cid = f"c{i}"
         candidates.append(Candidate(
             id=cid, parent_id=candidates[-1].id if candidates else "baseline",
-            steps=[s.as_recipe_item() for s in recipe.steps[:i]], metrics=metrics, notes=notes,
+            steps=[s.as_recipe_item() for s in recipe.steps[:i]], metrics=metrics, notes=ctx.notes + notes,
         ))
         files[cid] = handle.onnx_path
 
@@ -75,7 +83,29 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, dataset: Path | None,
     report = build(job.id, baseline, candidates, recipe.goals, measurement)
     artifacts = {}
     for c in candidates:
-        c.artifact = RECOMMENDED_ARTIFACT if c.id == report.recommended else f"{c.id}.onnx"
+        stem = "model" if c.id == report.recommended else c.id
+        c.artifact = f"{stem}.onnx"
         artifacts[c.artifact] = files[c.id]
+        if program is not None:
+            checkpoint(total - 1, total, f"writing {stem}.pt2")
+            pt2 = _as_program(files[c.id], workdir / f"{stem}.pt2", model, samples, c)
+            if pt2 is not None:
+                artifacts[pt2.name] = pt2
     checkpoint(total - 1, total, "uploading the results")
     return Outcome(report, artifacts)
+
+
+def _as_program(onnx_path: Path, out: Path, model: ModelRecord, samples, candidate: Candidate) -> Path | None:
+    """The candidate as a .pt2 too, when its operators have torch equivalents (quantized ones do not)."""
+    from workers.torchconv import UnsupportedOp
+
+    try:
+        path = onnx_to_program(onnx_path, out, model.inputs, samples)
+    except UnsupportedOp as e:
+        candidate.notes.append(f"no .pt2 for this candidate: {e}")
+        return None
+    except Exception as e:  # torch.export refusing a graph is not the job's failure
+        candidate.notes.append(f"no .pt2 for this candidate: torch.export failed ({type(e).__name__}: {str(e)[:200]})")
+        return None
+    candidate.artifact_pt2 = path.name
+    return path

@@ -62,7 +62,12 @@ def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: 
         c.vs_baseline = vs_baseline(c, baseline)
     objs = G.objectives(goals)
     meeting = [c for c in [baseline, *candidates] if c.goals_met]
-    best = G.recommend(candidates, objs) if candidates else baseline
+    if not candidates:
+        best = baseline
+    elif goals:
+        best = G.recommend(candidates, objs)
+    else:  # no goals: the recipe's result is what was asked for
+        best = candidates[-1]
     return Report(
         job_id=job_id,
         environment=environment(),

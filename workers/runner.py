@@ -109,7 +109,7 @@ def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore,
     assets = AssetStore(objects)
     model = assets.load(job.tenant, "models", job.model_id)
     source = objects.download_file(assets.file_key(job.tenant, "models", model.id, "model"),
-                                   workdir / "baseline.onnx")
+                                   workdir / f"source.{model.format}")
     dataset = None
     if job.dataset_id:
         assets.load(job.tenant, "datasets", job.dataset_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator, Discriminator, PlainSerializer, Tag
 
-from core.steps import quantize  # noqa: F401  (registers the step)
+from core.steps import cluster, drop_layers, factorize, optimize_graph, prune, quantize  # noqa: F401  (register)
 from core.steps.base import StepParams
 
 

@@ -20,15 +20,26 @@ class StepParams(BaseModel):
     registry: ClassVar[dict[str, type[StepParams]]] = {}
     summary: ClassVar[str] = ""
     formats: ClassVar[tuple[str, ...]] = ("onnx",)  # model formats the step accepts
-    needs_dataset: ClassVar[bool] = False
+    dataset: ClassVar[str] = "no"  # when the step needs the job's dataset, in words (for docs)
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        if "step" not in cls.model_fields:  # a shared base of several steps, not a step
+            return
         name = cls.model_fields["step"].default
         if name in StepParams.registry:
             raise TypeError(f"step {name!r} is registered twice")
         StepParams.registry[name] = cls
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether these parameters need the job's dataset."""
+        return False
+
+    def preflight(self, model, target) -> list[str]:
+        """What stops this step from handling `model` (a ModelRecord) on `target`, in words; [] if nothing."""
+        return []
 
     @property
     def name(self) -> str:
@@ -55,6 +66,6 @@ class StepParams(BaseModel):
             "name": name,
             "summary": cls.summary,
             "formats": list(cls.formats),
-            "needs_dataset": cls.needs_dataset,
+            "needs_dataset": cls.dataset,
             "schema": schema,
         }

@@ -2,28 +2,69 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.steps.base import StepParams
+
+DTYPES_BY_MODE = {
+    "dynamic": ("int8",),
+    "static": ("int8",),
+    "auto": ("int8",),
+    "weight_only": ("int4",),
+    "float": ("fp16", "bf16"),
+}
 
 
 class Quantize(StepParams):
     """Lower the precision of weights (and activations) to shrink and speed up the model."""
 
-    summary = "Quantize weights (and activations) to a lower precision."
+    summary = "Quantize weights (and activations): int8 dynamic or static (QDQ), int4 weight-only, fp16 / bf16."
+    formats = ("onnx", "pt2")
+    dataset = "for mode static (auto calibrates on it when there is one)"
     step: Literal["quantize"] = "quantize"
-    mode: Literal["dynamic"] = Field(
-        "dynamic", description="dynamic: int8 weights, activations quantized at run time."
+    mode: Literal["dynamic", "static", "weight_only", "float", "auto"] = Field(
+        "dynamic",
+        description="dynamic: int8 weights, activations quantized at run time. static: int8 weights and "
+        "activations in QDQ format, calibrated on the job's dataset. weight_only: int4 weights in blocks "
+        "(MatMulNBits). float: fp16 (computed in fp16 where the execution provider has kernels) or bf16 (weights "
+        "stored in bf16, computed in fp32 after onnxruntime folds the casts at load). auto: tries the int8 "
+        "modes that apply (static needs a dataset), measures fidelity and latency on the target, keeps the "
+        "fastest one that holds min_fidelity (else the most faithful).",
     )
-    dtype: Literal["int8"] = Field("int8", description="Target precision of the weights.")
-    per_channel: bool = Field(
-        True, description="One scale per output channel (keeps more fidelity than one per tensor)."
+    dtype: Literal["int8", "int4", "fp16", "bf16"] = Field("int8", description="Target precision.")
+    per_channel: bool = Field(True, description="One scale per output channel (int8).")
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration (static).")
+    percentile: float = Field(99.999, gt=90, le=100, description="Percentile for method=percentile.")
+    calibration_samples: int = Field(128, ge=1, le=10000, description="Samples used to calibrate (static).")
+    block_size: int = Field(32, description="Weights per quantization block (weight_only): 16, 32, 64, 128 or 256.")
+    symmetric: bool = Field(True, description="Symmetric int4 blocks (weight_only).")
+    op_types: list[str] | None = Field(
+        None,
+        description="Operator types to quantize. Default: dynamic MatMul, Gemm, Attention, Gather "
+        "(embeddings), LSTM, GRU; Conv is left out because onnxruntime's dynamic ConvInteger is several "
+        "times slower than float on CPU. static: Conv, MatMul, Gemm and the ops around them.",
     )
-    op_types: list[str] = Field(
-        default_factory=lambda: ["MatMul", "Gemm", "Attention", "LSTM", "GRU"],
-        description="Operator types to quantize. Conv is left out by default: onnxruntime's dynamic "
-        "ConvInteger is several times slower than float convolution on CPU.",
-    )
-    exclude: list[str] = Field(
-        default_factory=list, description="Node-name globs to keep in float, e.g. ['*classifier*']."
-    )
+    exclude: list[str] = Field(default_factory=list, description="Node-name globs to keep in float.")
+    min_fidelity: float = Field(0.99, gt=0, le=1, description="auto: the cosine / top-1 agreement to keep.")
+
+    @model_validator(mode="after")
+    def _combination(self) -> Quantize:
+        allowed = DTYPES_BY_MODE[self.mode]
+        if self.dtype not in allowed:
+            raise ValueError(f"mode {self.mode!r} takes dtype {' or '.join(allowed)}, not {self.dtype!r}")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError("block_size must be 16, 32, 64, 128 or 256")
+        return self
+
+    @property
+    def needs_data(self) -> bool:
+        return self.mode == "static"
+
+    def preflight(self, model, target) -> list[str]:
+        problems = []
+        wanted = {"weight_only": {"MatMul", "Gemm"}, "static": {"Conv", "MatMul", "Gemm"}}.get(
+            self.mode, {"MatMul", "Gemm", "Conv", "Gather", "Attention", "LSTM", "GRU"})
+        if self.mode != "float" and not wanted & set(model.operators):
+            problems.append(f"quantize ({self.mode}): the model has none of the operators it quantizes "
+                            f"({', '.join(sorted(wanted))})")
+        return problems

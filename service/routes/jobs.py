@@ -15,6 +15,7 @@ from core.ids import ID_PATTERN, new_id
 from core.job import Job, JobError, JobStatus
 from core.jobstore import PREFIX
 from core.objectstore import job_prefix
+from core.preflight import preflight
 from core.queue import OPTIMIZE_TASK, queue_for
 from core.recipe import Recipe, Target
 from core.recipes import builtin_recipe
@@ -92,11 +93,15 @@ def create_job(
 ) -> Job:
     recipe = resolve_recipe(body.recipe, body.target)
     assets = AssetStore(b.objects)
-    assets.load(tenant, "models", body.model_id)
+    model = assets.load(tenant, "models", body.model_id)
+    problems = preflight(recipe, model)
+    if problems:
+        raise InvalidRecipe("the recipe cannot run on this model: " + "; ".join(problems),
+                            code="unsupported_step", problems=problems)
     if body.dataset_id:
         assets.load(tenant, "datasets", body.dataset_id)
     elif recipe.needs_dataset:
-        steps = [s.name for s in recipe.steps if s.needs_dataset]
+        steps = [s.name for s in recipe.steps if s.needs_data]
         raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code="dataset_required")
     job = Job(id=new_id("j"), tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
               recipe=recipe, callback_url=body.callback_url)

@@ -12,7 +12,7 @@ from core.assets import AssetStore, ModelRecord
 from core.errors import InvalidModel
 from core.ids import new_id, safe_filename
 from service.deps import BackendsDep, TenantDep
-from service.modelcheck import inspect_onnx
+from service.modelcheck import inspect_model
 from service.uploads import Upload, receive_checked
 
 router = APIRouter(tags=["models"])
@@ -47,12 +47,10 @@ async def upload_model(
 
     def check(spool: Path, upload: Upload):
         fmt = _format(format, upload, spool)
-        if fmt == "pt2":
-            raise InvalidModel("PyTorch .pt2 programs are not accepted yet; export to ONNX", code="invalid_format")
-        return fmt, *inspect_onnx(spool)
+        return fmt, inspect_model(spool, fmt, b.settings.max_upload_bytes)
 
     s = b.settings
-    upload, (fmt, inputs, outputs) = await receive_checked(
+    upload, (fmt, summary) = await receive_checked(
         request, b.objects, key, s.max_upload_bytes, s.data_dir / "spool", check
     )
     record = ModelRecord(
@@ -61,8 +59,7 @@ async def upload_model(
         format=fmt,
         size_bytes=upload.size,
         sha256=upload.sha256,
-        inputs=inputs,
-        outputs=outputs,
+        **summary,
     )
     await run_in_threadpool(assets.save, tenant, KIND, record)
     return record

@@ -27,4 +27,4 @@ def apply_step(handle: ModelHandle, params: StepParams, ctx: StepContext) -> Mod
     return impl(handle, params, ctx)
 
 
-from workers.steps import quantize  # noqa: E402,F401  (registers)
+from workers.steps import cluster, drop_layers, factorize, optimize_graph, prune, quantize  # noqa: E402,F401

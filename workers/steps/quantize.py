@@ -1,33 +1,156 @@
-"""quantize: onnxruntime's quantization tools on the ONNX model."""
+"""quantize: onnxruntime's quantization tools (dynamic and static int8, int4 weight-only), fp16 / bf16
+storage, and `auto`, which measures the int8 modes that apply and keeps the best one."""
 
 from __future__ import annotations
 
-import fnmatch
+import logging
+from pathlib import Path
 
+import numpy as np
 import onnx
 
+from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
 from workers.handle import ModelHandle, StepContext
+from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches
 from workers.steps import implements
+from workers.trial import compare
+
+logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's advice is noise in worker logs
 
 
-def excluded_nodes(model: onnx.ModelProto, globs: list[str]) -> list[str]:
-    return [n.name for n in model.graph.node if n.name and any(fnmatch.fnmatch(n.name, g) for g in globs)]
+def _excluded(path: Path, p: Quantize, extra_ops: tuple[str, ...] = ()) -> list[str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node
+            if n.name and (matches(n.name, p.exclude) or n.op_type in extra_ops)]
+
+
+def dynamic(src: Path, out: Path, p: Quantize) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Conv is left out unless asked for: dynamic ConvInteger is several times slower than float on CPU.
+    skip_conv = () if p.op_types and "Conv" in p.op_types else ("Conv",)
+    quantize_dynamic(src, out, op_types_to_quantize=p.op_types, per_channel=p.per_channel,
+                     weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(src, p, skip_conv),
+                     extra_options={"MatMulConstBOnly": True})
+    return out
+
+
+class _Calibration:
+    """Feeds calibration samples to onnxruntime's calibrator, one at a time."""
+
+    def __init__(self, samples: dict[str, np.ndarray], count: int):
+        n = min(count, len(next(iter(samples.values()))))
+        self.rows = iter(range(n))
+        self.samples = samples
+
+    def get_next(self):
+        i = next(self.rows, None)
+        return None if i is None else {k: v[i : i + 1] for k, v in self.samples.items()}
+
+    def rewind(self):  # onnxruntime >= 1.17 may call this
+        pass
+
+
+def static(src: Path, out: Path, p: Quantize, ctx: StepContext) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = ctx.path("static-prepared.onnx")
+    try:  # shape inference and folding first, as onnxruntime advises for static quantization
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+    except Exception:
+        prepared = src
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[p.method]
+    quantize_static(
+        prepared, out, _Calibration(ctx.samples, p.calibration_samples), quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=p.op_types, per_channel=p.per_channel, activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(prepared, p), calibrate_method=method,
+        extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
+                       "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
+    )
+    return out
+
+
+def weight_only(src: Path, out: Path, p: Quantize) -> Path:
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    graph = Graph.load(src)
+    gemm_as_matmul(graph)  # the int4 kernel is a MatMul: Linear layers exported as Gemm take it too
+    model = graph.model
+    config = DefaultWeightOnlyQuantConfig(block_size=p.block_size, is_symmetric=p.symmetric)
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=_excluded(src, p), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return out
+
+
+def float_storage(src: Path, out: Path, p: Quantize) -> Path:
+    if p.dtype == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(src))
+        blocked = [n.op_type for n in model.graph.node if matches(n.name, p.exclude)]
+        onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=_excluded(src, p),
+                                           op_block_list=sorted(set(blocked)) or None), str(out))
+        return out
+    return bf16_weights(src, out)
+
+
+def bf16_weights(src: Path, out: Path) -> Path:
+    """bfloat16 storage: every float32 weight stored as bf16 and cast back at load (half the file;
+    onnxruntime folds the casts, so it computes in float32 on every execution provider)."""
+    graph = Graph.load(src)
+    for t in list(graph.g.initializer):
+        if t.data_type != onnx.TensorProto.FLOAT or int(np.prod(t.dims)) < 16:
+            continue
+        values = onnx.numpy_helper.to_array(t)
+        stored = graph.add_initializer(t.name + "_bf16", values)
+        graph.inits[stored].CopyFrom(onnx.helper.make_tensor(
+            stored, onnx.TensorProto.BFLOAT16, values.shape,
+            (values.view(np.uint32) >> 16).astype(np.uint16).tobytes(), raw=True))
+        graph.g.node.insert(0, onnx.helper.make_node("Cast", [stored], [t.name], to=onnx.TensorProto.FLOAT,
+                                                     name=f"{t.name}/from_bf16"))
+        graph.g.initializer.remove(t)
+    graph.reindex()
+    return graph.save(out)
 
 
 @implements(Quantize)
 def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    src, out = handle.onnx_path, ctx.path("quantized.onnx")
+    if p.mode == "dynamic":
+        return ModelHandle(dynamic(src, out, p))
+    if p.mode == "static":
+        if not ctx.from_dataset:
+            raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
+                                code="dataset_required")
+        return ModelHandle(static(src, out, p, ctx))
+    if p.mode == "weight_only":
+        return ModelHandle(weight_only(src, out, p))
+    if p.mode == "float":
+        return ModelHandle(float_storage(src, out, p))
+    return ModelHandle(auto(src, p, ctx))
 
-    model = onnx.load(str(handle.onnx_path))
-    out = ctx.path("quantized.onnx")
-    quantize_dynamic(
-        handle.onnx_path,
-        out,
-        op_types_to_quantize=p.op_types,
-        per_channel=p.per_channel,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=excluded_nodes(model, p.exclude),
-        extra_options={"MatMulConstBOnly": True},
-    )
-    return ModelHandle(out)
+
+def auto(src: Path, p: Quantize, ctx: StepContext) -> Path:
+    """Each int8 mode that applies, measured on the target against the input model; the fastest that holds
+    min_fidelity wins, else the most faithful. The choice and the figures go into the candidate's notes."""
+    tried = {"dynamic": dynamic(src, ctx.path("auto-dynamic.onnx"), p.model_copy(update={"mode": "dynamic"}))}
+    if ctx.from_dataset and _has_float_weights(src):
+        ctx.checkpoint("quantize auto: calibrating static int8")
+        tried["static"] = static(src, ctx.path("auto-static.onnx"), p.model_copy(update={"mode": "static"}), ctx)
+    ctx.checkpoint("quantize auto: measuring the int8 modes")
+    results = {mode: compare(src, path, ctx) for mode, path in tried.items()}
+    holding = [m for m, r in results.items() if r.fidelity >= p.min_fidelity]
+    chosen = min(holding, key=lambda m: results[m].latency_ms) if holding else max(
+        results, key=lambda m: results[m].fidelity)
+    ctx.notes.append("quantize auto chose " + chosen + ": " + "; ".join(
+        f"{m} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms" for m, r in results.items()))
+    return tried[chosen]
+
+
+def _has_float_weights(path: Path) -> bool:
+    model = onnx.load(str(path), load_external_data=False)
+    return any(t.data_type in FLOAT_TYPES and len(t.dims) >= 2 for t in model.graph.initializer)

@@ -1,0 +1,756 @@
+"""Checks an uploaded `torch.export` program (`.pt2`) before anything loads it, and reads its inputs,
+outputs and operators. Standard library only: the gateway never imports torch.
+
+Why a checker at all: `torch.export.load` is not safe on untrusted files (torch 2.13, verified):
+- `torch/_export/serde/serialize.py: deserialize_torch_artifact` loads the sample inputs (and legacy
+  state-dict/constants members) with `torch.load(weights_only=True)` and, when that fails, retries with
+  `weights_only=False` - a full unpickle that runs whatever the pickle calls.
+- `torch/export/pt2_archive/_package.py: _load_state_dict / _load_constants` unpickle every payload marked
+  `use_pickle` with `torch.load(weights_only=False)` directly, `opaque_obj_*` constants with `pickle.loads`
+  and `custom_obj_*` constants with the TorchScript unpickler.
+- `load_pt2` dlopens AOTInductor shared libraries found under `data/aotinductor/`.
+- `ExportedProgramDeserializer._parse_sym_expr` hands every `expr_str` of model.json to `sympy.sympify`,
+  which is `eval`.
+So: every member torch could unpickle must pass `check_pickle` (a strict subset of what the weights-only
+unpickler accepts, so the unsafe retry is never reached), AOTInductor members are refused, and every
+`expr_str` must be a plain sympy expression. Bounds on the zip itself keep the check cheap.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import pickletools
+import re
+import stat
+import struct
+import tarfile
+import tokenize
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.assets import TensorSpec
+from core.errors import InvalidModel
+
+MAX_MEMBERS = 100_000
+MAX_JSON_BYTES = 64 * 1024 * 1024  # models/*.json and payload configs
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # one pickle read into memory (sample inputs are a few KiB)
+MAX_RATIO = 200  # uncompressed / compressed, for members over RATIO_FLOOR (zip bombs)
+RATIO_FLOOR = 1024 * 1024
+MAX_PICKLES_PER_MEMBER = 8  # legacy torch.save files are a short run of pickles
+MAX_EXPR_CHARS = 4096
+
+# ----------------------------------------------------------------------------------------------------
+# Pickles
+#
+# The allowlist is a small subset of torch/_weights_only_unpickler.py `_get_allowed_globals`: what
+# torch.save writes for tensors, parameters, state dicts and the plain containers of sample inputs.
+# Each global has a role; a global may appear only in its role (a callee is never stored as data).
+# ----------------------------------------------------------------------------------------------------
+
+# Callables REDUCE may call, with the kind of value they return.
+_CALLEES: dict[str, str] = {
+    "collections.OrderedDict": "odict",  # state dicts and the backward_hooks argument of tensors
+    "torch._utils._rebuild_tensor_v2": "tensor",
+    "torch._utils._rebuild_tensor_v3": "tensor",  # dtypes without a typed storage (uint16, float8, ...)
+    "torch._utils._rebuild_parameter": "tensor",
+    "torch._utils._rebuild_parameter_with_state": "tensor",
+    "torch._tensor._rebuild_from_type_v2": "tensor",  # a tensor with attributes; its args are checked
+    "torch.Size": "value",
+    "torch.device": "value",
+    "builtins.set": "value",
+    "builtins.complex": "value",
+    "_codecs.encode": "value",  # how protocol 2 writes bytes
+}
+# Classes NEWOBJ may instantiate (cls.__new__(cls, *args)).
+_NEWOBJ: dict[str, str] = {"collections.OrderedDict": "odict", "torch.Size": "value"}
+# The storage class inside a persistent id ("storage", <class>, key, location, numel).
+_STORAGE_TYPES = frozenset(
+    [f"torch.{t}Storage" for t in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char",
+                                   "Byte", "Bool", "ComplexFloat", "ComplexDouble")]
+    + ["torch.storage.UntypedStorage"]
+)
+# The type argument of torch._tensor._rebuild_from_type_v2 (no tensor subclasses).
+_REBUILD_TYPES = frozenset({"torch.Tensor", "torch.nn.parameter.Parameter"})
+# Plain values, allowed anywhere: dtypes (immutable singletons).
+_VALUE_GLOBALS = frozenset(
+    f"torch.{d}" for d in ("float32", "float64", "float16", "bfloat16", "int8", "int16", "int32", "int64",
+                           "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128",
+                           "float8_e4m3fn", "float8_e5m2")
+)
+ALLOWED_GLOBALS = frozenset(_CALLEES) | frozenset(_NEWOBJ) | _STORAGE_TYPES | _REBUILD_TYPES | _VALUE_GLOBALS
+# Protocol 2 writes Python 2 module names; torch (and pickle's fix_imports) map them the same way.
+_PY2_MODULES = {"__builtin__": "builtins"}
+
+# Exactly the opcodes torch's weights-only unpickler implements. Anything else (STACK_GLOBAL, MEMOIZE,
+# FRAME, SHORT_BINUNICODE, INST, OBJ, EXT*, ...) makes torch.load(weights_only=True) fail, and the
+# export loader then retries with a full unpickle - so it is refused here, whatever it would do.
+_STRUCTURE_OPS = frozenset([
+    "PROTO", "STOP", "MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE", "EMPTY_LIST", "EMPTY_DICT",
+    "EMPTY_SET", "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "BINFLOAT", "LONG1",
+    "BINUNICODE", "SHORT_BINSTRING", "BINGET", "LONG_BINGET", "BINPUT", "LONG_BINPUT", "APPEND", "APPENDS",
+    "SETITEM", "SETITEMS",
+])
+_RISKY_OPS = frozenset({"GLOBAL", "REDUCE", "NEWOBJ", "BUILD", "BINPERSID"})
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class _Refused(Exception):
+    """A reason a pickle is refused; turned into InvalidModel with the member's name."""
+
+
+@dataclass(frozen=True)
+class _Global:
+    name: str
+
+    @property
+    def is_data(self) -> bool:  # a dtype may be stored as a value; callees and classes may not
+        return self.name in _VALUE_GLOBALS
+
+
+@dataclass(frozen=True)
+class _Tuple:
+    items: tuple
+    holds_global: bool  # a non-data global somewhere inside (nested tuples included)
+
+
+@dataclass(frozen=True)
+class _Val:
+    kind: str  # list, dict, odict, set, tensor, storage, value
+
+
+def _holds_global(v) -> bool:
+    return (isinstance(v, _Global) and not v.is_data) or (isinstance(v, _Tuple) and v.holds_global)
+
+
+def _make_tuple(items) -> _Tuple:
+    items = tuple(items)
+    return _Tuple(items, any(_holds_global(i) for i in items))
+
+
+class _PickleMachine:
+    """Runs a pickle symbolically: the same stack, metastack and memo as torch's weights-only unpickler,
+    holding only what a check needs (globals by name, strings, tuples, and the kind of everything else)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.stack: list = []
+        self.metastack: list[list] = []
+        self.memo: dict[int, object] = {}
+
+    # -- stack helpers ------------------------------------------------------------------------------
+    def pop(self):
+        if not self.stack:
+            raise _Refused("malformed pickle (stack underflow)")
+        return self.stack.pop()
+
+    def top(self):
+        if not self.stack:
+            raise _Refused("malformed pickle (stack underflow)")
+        return self.stack[-1]
+
+    def pop_mark(self) -> list:
+        if not self.metastack:
+            raise _Refused("malformed pickle (no MARK)")
+        items, self.stack = self.stack, self.metastack.pop()
+        return items
+
+    @staticmethod
+    def plain(value, what: str):
+        if _holds_global(value):
+            raise _Refused(f"a callable or class is stored as data in {what}")
+        return value
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self, stream: io.BytesIO) -> None:
+        """Checks one pickle, from the stream's position up to and including its STOP."""
+        for op, arg, pos in _ops(stream):
+            name = op.name
+            if name == "STOP":
+                self.plain(self.pop(), "the result")
+                return
+            if name in _STRUCTURE_OPS:
+                self.structure(name, arg)
+            elif name in _RISKY_OPS:
+                getattr(self, "op_" + name.lower())(arg, pos)
+            else:
+                raise _Refused(f"opcode {name}{self.stack_global_hint(name)} is not accepted by "
+                               "torch.load(weights_only=True)")
+        raise _Refused("malformed pickle (no STOP)")
+
+    def stack_global_hint(self, name: str) -> str:
+        """For the message only: the module.name a STACK_GLOBAL would import, when plainly pushed."""
+        if name == "STACK_GLOBAL" and len(self.stack) >= 2 and all(isinstance(v, str) for v in self.stack[-2:]):
+            return f" ({self.stack[-2]}.{self.stack[-1]})"
+        return ""
+
+    def structure(self, name: str, arg) -> None:
+        if name == "MARK":
+            self.metastack.append(self.stack)
+            self.stack = []
+        elif name == "TUPLE":
+            items = self.pop_mark()  # before touching self.stack: pop_mark replaces it
+            self.stack.append(_make_tuple(items))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            items = [self.pop() for _ in range(n)][::-1]
+            self.stack.append(_make_tuple(items))
+        elif name == "EMPTY_TUPLE":
+            self.stack.append(_make_tuple(()))
+        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
+            self.stack.append(_Val(name[6:].lower()))
+        elif name in ("BINUNICODE", "SHORT_BINSTRING"):
+            self.stack.append(arg)
+        elif name in ("BINPUT", "LONG_BINPUT"):
+            self.memo[arg] = self.top()
+        elif name in ("BINGET", "LONG_BINGET"):
+            if arg not in self.memo:
+                raise _Refused(f"malformed pickle (memo {arg} is unset)")
+            self.stack.append(self.memo[arg])
+        elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS"):
+            self.fill(name)
+        elif name != "PROTO":  # numbers, None, booleans
+            self.stack.append(_Val("value"))
+
+    def fill(self, name: str) -> None:
+        """APPEND(S) only into lists, SETITEM(S) only into dicts, as torch checks at load time."""
+        if name == "APPEND":
+            items = [self.pop()]
+        elif name == "SETITEM":
+            items = [self.pop(), self.pop()]
+        else:
+            items = self.pop_mark()
+            if name == "SETITEMS" and len(items) % 2:
+                raise _Refused("malformed pickle (odd SETITEMS)")
+        for item in items:
+            self.plain(item, name)
+        want = ("list",) if name.startswith("APPEND") else ("dict", "odict")
+        target = self.top()
+        if not (isinstance(target, _Val) and target.kind in want):
+            raise _Refused(f"{name} into something that is not a {want[0]}")
+
+    # -- the risky opcodes --------------------------------------------------------------------------
+    def op_global(self, arg, pos) -> None:
+        full = _global_name(self.data, pos, arg)
+        if full not in ALLOWED_GLOBALS:
+            raise _Refused(f"GLOBAL {full} is not allowed")
+        self.stack.append(_Global(full))
+
+    def op_reduce(self, arg, pos) -> None:
+        args, func = self.pop(), self.top()
+        if not (isinstance(func, _Global) and func.name in _CALLEES):
+            raise _Refused(f"REDUCE calls {_describe(func)}, which is not an allowed callable")
+        if not isinstance(args, _Tuple):
+            raise _Refused(f"REDUCE of {func.name} without an argument tuple")
+        if func.name == "torch._tensor._rebuild_from_type_v2":
+            _check_rebuild_from_type(args)
+        else:
+            self.plain(args, f"the arguments of {func.name}")
+        self.stack[-1] = _Val(_CALLEES[func.name])
+
+    def op_newobj(self, arg, pos) -> None:
+        args, cls = self.pop(), self.pop()
+        if not (isinstance(cls, _Global) and cls.name in _NEWOBJ):
+            raise _Refused(f"NEWOBJ of {_describe(cls)}, which is not an allowed class")
+        if not isinstance(args, _Tuple):
+            raise _Refused(f"NEWOBJ of {cls.name} without an argument tuple")
+        self.plain(args, f"the arguments of {cls.name}")
+        self.stack.append(_Val(_NEWOBJ[cls.name]))
+
+    def op_build(self, arg, pos) -> None:
+        self.plain(self.pop(), "BUILD state")
+        target = self.top()
+        # torch builds only Tensor, Parameter and OrderedDict (and allowlisted types we do not use)
+        if not (isinstance(target, _Val) and target.kind in ("tensor", "odict")):
+            raise _Refused(f"BUILD on {_describe(target)}; only tensors and OrderedDicts may be built")
+
+    def op_binpersid(self, arg, pos) -> None:
+        pid = self.pop()
+        # torch.load's persistent ids: ("storage", <storage class>, key, location, numel)
+        ok = (
+            isinstance(pid, _Tuple) and len(pid.items) == 5 and pid.items[0] == "storage"
+            and isinstance(pid.items[1], _Global) and pid.items[1].name in _STORAGE_TYPES
+            and isinstance(pid.items[2], str) and isinstance(pid.items[3], str)
+            and pid.items[4] == _Val("value")
+        )
+        if not ok:
+            raise _Refused("a persistent id other than a tensor storage reference")
+        self.stack.append(_Val("storage"))
+
+
+def _ops(stream: io.BytesIO):
+    try:
+        yield from pickletools.genops(stream)
+    except (ValueError, EOFError, struct.error) as e:  # pickletools' way of saying "not a pickle"
+        raise _Refused(f"malformed pickle ({e})") from None
+
+
+def _global_name(data: bytes, pos: int, parsed: str) -> str:
+    """The GLOBAL's module.name, read from the raw bytes the way torch reads them (two lines of UTF-8),
+    and required to agree with pickletools' reading, so no escaping trick can tell the two apart."""
+    try:
+        end1 = data.index(b"\n", pos + 1)
+        end2 = data.index(b"\n", end1 + 1)
+        module, name = data[pos + 1:end1].decode(), data[end1 + 1:end2].decode()
+    except (ValueError, UnicodeDecodeError):
+        raise _Refused("malformed GLOBAL") from None
+    if f"{module} {name}" != parsed or not (_DOTTED.fullmatch(module) and _DOTTED.fullmatch(name)):
+        raise _Refused(f"GLOBAL with an odd name {(module + '.' + name)[:80]!r}")
+    return f"{_PY2_MODULES.get(module, module)}.{name}"
+
+
+def _check_rebuild_from_type(args: _Tuple) -> None:
+    """_rebuild_from_type_v2(func, new_type, args, state) calls func(*args): func must be a tensor
+    rebuild function and new_type a plain Tensor or Parameter (torch would accept any allowlisted one)."""
+    items = args.items
+    ok = (
+        len(items) == 4
+        and isinstance(items[0], _Global) and _CALLEES.get(items[0].name) == "tensor"
+        and items[0].name != "torch._tensor._rebuild_from_type_v2"
+        and isinstance(items[1], _Global) and items[1].name in _REBUILD_TYPES
+        and isinstance(items[2], _Tuple) and not _holds_global(items[2]) and not _holds_global(items[3])
+    )
+    if not ok:
+        raise _Refused("torch._tensor._rebuild_from_type_v2 with arguments other than a plain tensor's")
+
+
+def _describe(v) -> str:
+    if isinstance(v, _Global):
+        return v.name
+    if isinstance(v, _Val):
+        return f"a {v.kind}"
+    return type(v).__name__ if not isinstance(v, _Tuple) else "a tuple"
+
+
+def check_pickle(data: bytes, where: str) -> None:
+    """Raises InvalidModel(code="unsafe_pickle") unless every opcode / global in the pickle is one that
+    torch.load(weights_only=True) would accept (a strict subset of torch's own allowlist is fine).
+
+    `data` may hold a short run of pickles (legacy torch.save files are several); all must pass and
+    nothing may follow them."""
+    stream = io.BytesIO(data)
+    try:
+        if not data:
+            raise _Refused("empty pickle")
+        for _ in range(MAX_PICKLES_PER_MEMBER):
+            _PickleMachine(data).run(stream)
+            if stream.tell() == len(data):
+                return
+        raise _Refused(f"more than {MAX_PICKLES_PER_MEMBER} pickles, or data after the last one "
+                       "(the legacy torch.save format is not accepted)")
+    except _Refused as e:
+        raise InvalidModel(
+            f"{where}: {e}. Pickles in an upload may hold only tensors, parameters, state dicts and plain "
+            "containers (what torch.load(weights_only=True) accepts; torch.export.load would otherwise "
+            "fall back to an unsafe load). Re-export with torch.export.export(...) and torch.export.save, "
+            "with plain tensors as example inputs and no custom objects.",
+            code="unsafe_pickle",
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The zip archive
+# ----------------------------------------------------------------------------------------------------
+
+def _unsafe(msg: str) -> InvalidModel:
+    return InvalidModel(msg, code="unsafe_archive")
+
+
+def _check_name(name: str, where: str) -> None:
+    """No absolute paths, no `..`/`.` parts, no backslashes or NULs: names that could escape a folder
+    or be read differently by torch's zip reader (miniz) and Python's."""
+    parts = name.rstrip("/").split("/")
+    if (not name or name.startswith("/") or re.match(r"[A-Za-z]:", name) or "\\" in name or "\0" in name
+            or any(p in ("", ".", "..") for p in parts)):
+        raise _unsafe(f"{where}: the member name {name[:200]!r} is not a plain relative path")
+
+
+def _check_entry_kind(info: zipfile.ZipInfo, where: str) -> None:
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise _unsafe(f"{where}: member {info.filename!r} is {kind}")
+    if info.flag_bits & 0x1:
+        raise _unsafe(f"{where}: member {info.filename!r} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _unsafe(f"{where}: member {info.filename!r} uses a compression torch cannot read")
+
+
+def _checked_entries(zf: zipfile.ZipFile, max_bytes: int, where: str) -> list[zipfile.ZipInfo]:
+    """Every entry's name and kind, the total declared size, compression ratios and overlaps."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _unsafe(f"{where}: {len(infos)} members; the limit is {MAX_MEMBERS}")
+    seen: set[str] = set()
+    total = 0
+    for info in infos:
+        _check_name(info.filename, where)
+        _check_entry_kind(info, where)
+        if info.filename in seen:  # zipfile reads the last copy, torch's reader may read the first
+            raise _unsafe(f"{where}: member {info.filename!r} appears twice")
+        seen.add(info.filename)
+        total += info.file_size
+        if total > max_bytes:
+            raise InvalidModel(f"{where}: expands to more than {max_bytes} bytes", code="archive_too_large")
+        if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise InvalidModel(
+                f"{where}: member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}x "
+                f"(limit {MAX_RATIO}x); zip bombs are refused", code="archive_too_large")
+    _check_no_overlap(infos, where)
+    return infos
+
+
+def _check_no_overlap(infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Each member's data must end before the next local header: overlapping members are a zip-bomb
+    trick and a way to show two readers different bytes. 30 bytes is the fixed local header size."""
+    spans = sorted((i.header_offset, i.header_offset + 30 + len(i.orig_filename) + i.compress_size, i.filename)
+                   for i in infos)
+    for (_, end, name), (start, _, _) in zip(spans, spans[1:], strict=False):
+        if end > start:
+            raise _unsafe(f"{where}: member {name!r} overlaps the next one")
+
+
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str, n: int | None = None) -> bytes:
+    """A member's bytes (the first `n` only, when given), refusing members over `limit`."""
+    if n is None and info.file_size > limit:
+        raise InvalidModel(f"{where}: {info.filename!r} is {info.file_size} bytes; the limit for this kind "
+                           f"of member is {limit}", code="archive_too_large")
+    try:
+        with zf.open(info) as f:
+            return f.read(n if n is not None else limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+        raise InvalidModel(f"{where}: member {info.filename!r} could not be read ({e})", code="not_pt2") from None
+
+
+def _is_zip(head: bytes) -> bool:
+    """torch.serialization._is_zipfile's test exactly: anything else torch.load reads as tar or pickle."""
+    return head.startswith(b"PK\x03\x04")
+
+
+def _is_pickle(head: bytes) -> bool:
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _check_torch_save(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, where: str) -> None:
+    """A member torch may `torch.load`: a torch.save zip (its pickles checked) or bare pickles."""
+    if info.file_size == 0:  # torch treats empty sample inputs as none
+        return
+    head = _read(zf, info, 0, where, n=8)
+    if _is_zip(head):
+        _check_nested_zip(zf, info, max_bytes, where)
+        return
+    data = _read(zf, info, MAX_PICKLE_BYTES, where)
+    if _is_tar(data):
+        # torch.load tries the legacy .tar format before bare pickles; with weights_only=False (the
+        # fallback) it unpickles the tar's members fully. A tar that also parses as a pickle is refused.
+        raise _unsafe(f"{where} is a tar archive (the legacy torch.save format), which torch.load "
+                      "unpickles without restriction; re-save with torch.export.save")
+    check_pickle(data, where)
+
+
+def _is_tar(data: bytes) -> bool:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            return tar.next() is not None
+    except (tarfile.TarError, EOFError, ValueError, OSError):
+        return False
+
+
+def _check_nested_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, where: str) -> None:
+    """A torch.save (or TorchScript) zip inside the archive: depth 2, nothing deeper is opened. torch
+    unpickles only its `.pkl` members; the rest is raw storage bytes."""
+    try:
+        with zf.open(info) as f, zipfile.ZipFile(f) as inner:
+            infos = _checked_entries(inner, max_bytes, where)
+            names = [i.filename for i in infos]
+            # torch.load hands a zip holding constants.pkl to torch.jit.load, which runs TorchScript code
+            if any(n.rsplit("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names):
+                raise _unsafe(f"{where} is a TorchScript archive, which torch.load would run with "
+                              "torch.jit.load; export the model with torch.export instead")
+            for i in infos:
+                if i.filename.endswith(".pkl"):
+                    check_pickle(_read(inner, i, MAX_PICKLE_BYTES, f"{where}/{i.filename}"),
+                                 f"{where}/{i.filename}")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+        raise _unsafe(f"{where} starts like a zip but cannot be read as one ({e})") from None
+
+
+# Members torch.export.load may unpickle, by name relative to the archive folder (the legacy names are
+# those of the older layout torch/export/__init__.py `load` still reads). Payloads listed as `use_pickle`
+# in the payload configs are added per archive.
+_UNPICKLED = (
+    "data/sample_inputs/*",
+    "data/weights/*.pt",
+    "data/constants/*.pt",
+    "data/constants/custom_obj_*",
+    "data/constants/opaque_obj_*",
+    "*serialized_state_dict.*",
+    "*serialized_constants.*",
+    "*serialized_example_inputs.*",
+    "*.pt",
+    "*.pth",
+    "*.pkl",
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# model.json and the payload configs
+# ----------------------------------------------------------------------------------------------------
+
+# Names allowed in a symbolic expression: sympy classes as sympy.srepr writes them, torch's sympy
+# functions (the deserializer's `sympy_functions`), assumption keywords, and torch's symbol names.
+_SYMPY_NAMES = frozenset([
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "sign", "floor",
+    "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan",
+    "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or", "Not", "Xor", "Piecewise", "ExprCondPair",
+    "true", "false", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN",
+    "BooleanTrue", "BooleanFalse", "One", "Zero", "NegativeOne", "Half", "int_oo", "IntInfinity",
+    "NegativeIntInfinity", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
+    "Identity", "integer", "positive", "negative", "nonnegative", "nonpositive", "real", "finite", "infinite",
+    "zero", "nonzero", "even", "odd", "rational", "commutative", "extended_real", "precision", "evaluate",
+    "True", "False", "None",
+])
+_SYMBOL = re.compile(r"(?:s|u|ps|zf|zuf)\d+")  # torch.utils._sympy.symbol prefixes used by export
+_SYMPY_STRING = re.compile(r"'[A-Za-z0-9_.+\-]*'")  # Symbol('s3', ...), Float('1.5', precision=53)
+_SYMPY_OPS = frozenset(["(", ")", ",", "=", "+", "-", "*", "/"])
+
+
+def _check_sym_expr(expr, where: str) -> None:
+    """`expr_str` is evaluated by sympy.sympify (eval): only calls of allowlisted sympy names on numbers,
+    quoted symbol names and symbols; no attribute access, subscripts, lambdas or other names."""
+    bad = not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS
+    if not bad:
+        try:
+            for tok in tokenize.generate_tokens(io.StringIO(expr).readline):
+                if not _token_ok(tok):
+                    bad = True
+                    break
+        except (tokenize.TokenError, SyntaxError):
+            bad = True
+    if bad:
+        raise InvalidModel(
+            f"{where}: the symbolic shape expression {str(expr)[:120]!r} is not a plain sympy expression; "
+            "torch.export.load would evaluate it as Python code", code="unsafe_graph")
+
+
+def _token_ok(tok: tokenize.TokenInfo) -> bool:
+    if tok.type == tokenize.NAME:
+        return tok.string in _SYMPY_NAMES or bool(_SYMBOL.fullmatch(tok.string))
+    if tok.type == tokenize.STRING:
+        return bool(_SYMPY_STRING.fullmatch(tok.string))
+    if tok.type == tokenize.OP:
+        return tok.string in _SYMPY_OPS
+    return tok.type in (tokenize.NUMBER, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+
+
+def _walk_exprs(doc, where: str) -> None:
+    """Every `expr_str` anywhere in a JSON document (iterative: the document may be deeply nested)."""
+    todo = [doc]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if "expr_str" in node:
+                _check_sym_expr(node["expr_str"], where)
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+
+
+def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str):
+    raw = _read(zf, info, MAX_JSON_BYTES, where)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise InvalidModel(f"{where}: {info.filename!r} is not valid JSON ({str(e)[:200]})", code="not_pt2") from None
+
+
+def _payload_members(zf, infos, prefix: str, where: str) -> tuple[set[str], set[str]]:
+    """(raw, pickled) member names from the weights/constants configs: raw payloads are read as plain
+    storage bytes and never unpickled; pickled ones (`use_pickle`) go to torch.load(weights_only=False)."""
+    raw: set[str] = set()
+    pickled: set[str] = set()
+    for info in infos:
+        rel = info.filename[len(prefix):]
+        folder = next((d for d in ("data/weights/", "data/constants/") if rel.startswith(d)), None)
+        if folder is None or "/" in rel[len(folder):] or not rel.endswith("_config.json"):
+            continue
+        config = _read_json(zf, info, where)
+        entries = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(entries, dict):
+            raise InvalidModel(f"{where}: {info.filename!r} is not a payload config", code="not_pt2")
+        for entry in entries.values():
+            path_name = entry.get("path_name") if isinstance(entry, dict) else None
+            if not isinstance(path_name, str):
+                raise InvalidModel(f"{where}: {info.filename!r} has an entry without a path", code="not_pt2")
+            target = prefix + folder + path_name
+            plain = entry.get("use_pickle") is False and not path_name.startswith(("custom_obj_", "opaque_obj_"))
+            (raw if plain else pickled).add(target)
+    return raw - pickled, pickled
+
+
+def _archive_prefix(infos: list[zipfile.ZipInfo]) -> str:
+    """The archive folder: torch.export.save writes `<name>/models/model.json` and all else beside it."""
+    found = [i.filename[: -len("models/model.json")] for i in infos
+             if i.filename.endswith("/models/model.json") and i.filename.count("/") == 2]
+    if len(found) != 1:
+        raise InvalidModel(
+            "not a torch.export program: expected exactly one <name>/models/model.json in the archive; "
+            "save the model with torch.export.save(torch.export.export(model, example_inputs), path)",
+            code="not_pt2")
+    return found[0]
+
+
+def _check_members(zf, infos, prefix: str, max_bytes: int, where: str) -> dict:
+    """Every member by what torch would do with it; returns the parsed models/*.json by member name."""
+    raw, pickled = _payload_members(zf, infos, prefix, where)
+    programs = {}
+    for info in infos:
+        name = info.filename
+        if not name.startswith(prefix):  # torch takes the folder of the first entry as the archive's
+            raise _unsafe(f"{where}: member {name!r} is outside the archive folder {prefix!r}; torch.export.save "
+                          "writes every member under one folder")
+        if info.is_dir():
+            continue
+        rel = name[len(prefix):]
+        member = f"{where}:{name}"
+        if rel.startswith("data/aotinductor/"):
+            raise _unsafe(f"{member}: AOTInductor artifacts are native code that torch.export.load would "
+                          "load; upload the torch.export program only (torch.export.save)")
+        if rel.startswith("models/") or rel.endswith("serialized_exported_program.json"):
+            programs[name] = _read_json(zf, info, member)  # every one is deserialized (and sympified)
+            _walk_exprs(programs[name], member)
+        elif name in pickled or any(fnmatch.fnmatchcase(rel, p) for p in _UNPICKLED):
+            _check_torch_save(zf, info, max_bytes, member)
+        elif name not in raw:  # unknown members: by content, in case some loader path reads them
+            head = _read(zf, info, 0, member, n=8)
+            if _is_zip(head) or _is_pickle(head):
+                _check_torch_save(zf, info, max_bytes, member)
+    return programs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs, outputs and operators from models/model.json
+# ----------------------------------------------------------------------------------------------------
+
+# torch/_export/serde/schema.py ScalarType -> numpy dtype name (names numpy lacks are torch's own)
+_DTYPES = {
+    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
+    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
+    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
+    33: "float8_e8m0fnu", 34: "uint32", 35: "uint64",
+}
+
+
+def _dig(obj, *keys):
+    """obj[k1][k2]..., or None where a step is missing or not a dict (model.json is untrusted)."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _dim(size) -> int | str | None:
+    if type(_dig(size, "as_int")) is int:
+        return size["as_int"]
+    expr = _dig(size, "as_expr", "expr_str")
+    if not isinstance(expr, str):
+        return None
+    # srepr -> a readable name: Symbol('s31', positive=True, integer=True) -> s31, Integer(2) -> 2
+    expr = re.sub(r"Symbol\('(\w+)'(?:, \w+=\w+)*\)", r"\1", expr)
+    return re.sub(r"Integer\((-?\d+)\)", r"\1", expr)
+
+
+def _tensor_spec(graph: dict, arg, role: str) -> TensorSpec:
+    name = _dig(arg, "as_tensor", "name")
+    if not isinstance(name, str):
+        kind = next(iter(arg), "?") if isinstance(arg, dict) and arg else "?"
+        raise InvalidModel(f"a user {role} is not a tensor ({kind}); only tensor inputs and outputs are "
+                           "supported", code="unsupported_model")
+    meta = _dig(graph, "tensor_values", name)
+    dtype, sizes = _dig(meta, "dtype"), _dig(meta, "sizes")
+    if type(dtype) is not int or dtype not in _DTYPES or not isinstance(sizes, list):
+        raise InvalidModel(f"{role} {name!r}: missing or unsupported tensor metadata in models/model.json",
+                           code="unsupported_model")
+    return TensorSpec(name=name, dtype=_DTYPES[dtype], shape=[_dim(s) for s in sizes])
+
+
+def _user_specs(graph: dict, specs, kind: str, role: str) -> list[TensorSpec]:
+    out = []
+    for spec in specs if isinstance(specs, list) else []:
+        if isinstance(spec, dict) and kind in spec:
+            out.append(_tensor_spec(graph, _dig(spec, kind, "arg"), role))
+    return out
+
+
+def _operators(graph_module) -> list[str]:
+    """Distinct call targets of every node, nested subgraphs (control flow) included."""
+    targets: set[str] = set()
+    todo = [graph_module]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("target"), str) and "inputs" in node and "outputs" in node:
+                targets.add(node["target"])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return sorted(targets)
+
+
+_LAYER_PATH = re.compile(r"^(.*?(?:^|\.)(?:layer|layers|blocks|block|h))\.(\d+)(?:\.|$)")
+
+
+def layer_count(graph_module) -> int:
+    """Repeated layers (ModuleList entries such as encoder.layer.3), from the nodes' nn_module_stack."""
+    indexes: dict[str, set[int]] = {}
+    for node in _dig(graph_module, "graph", "nodes") or []:
+        stack = _dig(node, "metadata", "nn_module_stack")
+        for entry in stack.split(";") if isinstance(stack, str) else []:
+            path = entry.split(",")[1] if entry.count(",") >= 2 else ""
+            m = _LAYER_PATH.match(path)
+            if m:
+                indexes.setdefault(m.group(1), set()).add(int(m.group(2)))
+    return max((len(v) for v in indexes.values() if len(v) >= 2), default=0)
+
+
+def _signature(program) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:
+    gm = _dig(program, "graph_module")
+    graph, sig = _dig(gm, "graph"), _dig(gm, "signature")
+    if not isinstance(graph, dict) or not isinstance(sig, dict):
+        raise InvalidModel("models/model.json holds no graph_module.graph / signature; "
+                           "save the model with torch.export.save", code="not_pt2")
+    inputs = _user_specs(graph, sig.get("input_specs"), "user_input", "input")
+    outputs = _user_specs(graph, sig.get("output_specs"), "user_output", "output")
+    if not inputs or not outputs:
+        raise InvalidModel("the program needs at least one tensor input and one tensor output",
+                           code="unsupported_model")
+    return inputs, outputs, _operators(gm)
+
+
+def inspect_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:
+    inputs, outputs, operators, _ = describe_pt2(path, max_bytes)
+    return inputs, outputs, operators
+
+
+def describe_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[TensorSpec], list[str], int]:
+    """Validates a .pt2 archive without importing torch and returns (inputs, outputs, operators), where
+    operators is the sorted list of distinct targets in the graph (e.g. "torch.ops.aten.linear.default").
+    Raises InvalidModel with a clear, user-actionable message and a stable code otherwise:
+    not_pt2, unsafe_pickle, unsafe_archive, archive_too_large, unsafe_graph, unsupported_model."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise InvalidModel(f"not a .pt2 archive: the file is not a zip ({e}); save the model with "
+                           "torch.export.save", code="not_pt2") from None
+    with zf:
+        infos = _checked_entries(zf, max_bytes, "archive")
+        prefix = _archive_prefix(infos)
+        programs = _check_members(zf, infos, prefix, max_bytes, "archive")
+        program = programs[prefix + "models/model.json"]
+        return (*_signature(program), layer_count(_dig(program, "graph_module")))

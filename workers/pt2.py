@@ -1,0 +1,78 @@
+"""PyTorch `torch.export` programs (.pt2): loaded only after the archive passed the safety check, turned
+into ONNX for the steps and the measurements, and made again from a candidate's ONNX for the user."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from core.assets import TensorSpec
+from core.errors import InvalidModel
+from core.pt2check import describe_pt2
+
+
+def load_program(path: Path, max_bytes: int):
+    """torch.export.load, but only for an archive whose every pickle the weights-only loader accepts:
+    torch.export.load retries unsafely when its safe load fails (DESIGN.md, security rules)."""
+    describe_pt2(path, max_bytes)
+    import torch
+
+    return torch.export.load(str(path))
+
+
+def _scoped_names(model: onnx.ModelProto) -> None:
+    """Names nodes after the module that made them (e.g. /encoder/layer.0/attention/MatMul_7), as the
+    TorchScript exporter does, so that globs and layer detection read the same for both exporters."""
+    for i, node in enumerate(model.graph.node):
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            continue
+        # the module path from the root, then the FX node's own name last
+        modules = [s for s in re.findall(r"'([^']*)'", scopes)][:-1]
+        parts = modules[-1].split(".") if modules else []
+        joined: list[str] = []
+        for part in parts:  # ModuleList indexes stay attached: layer.0
+            if part.isdigit() and joined:
+                joined[-1] += "." + part
+            else:
+                joined.append(part)
+        node.name = "/" + "/".join(p for p in joined if p) + f"/{node.op_type}_{i}"
+
+
+def program_to_onnx(src: Path, out: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    samples: dict[str, np.ndarray], max_bytes: int) -> Path:
+    import torch
+
+    program = load_program(src, max_bytes)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(samples[s.name][:2])) for s in inputs)
+    try:
+        torch.onnx.export(program, args, str(out), dynamo=True, external_data=False, verbose=False,
+                          input_names=[s.name for s in inputs], output_names=[s.name for s in outputs])
+    except Exception as e:
+        raise InvalidModel(f"the program could not be converted to ONNX: {type(e).__name__}: {str(e)[:300]}",
+                           code="conversion_failed") from e
+    model = onnx.load(str(out))
+    _scoped_names(model)
+    onnx.save(model, str(out))
+    return out
+
+
+def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dict[str, np.ndarray]) -> Path:
+    """A .pt2 that computes what the ONNX model computes; dynamic dimensions of the original inputs stay
+    dynamic. Raises UnsupportedOp for graphs with onnxruntime-only (e.g. quantized) operators."""
+    import torch
+
+    from workers.torchconv import OnnxModule, named
+
+    module = named(OnnxModule(onnx.load(str(src))).eval())
+    args = tuple(torch.from_numpy(np.ascontiguousarray(samples[s.name][:2])) for s in inputs)
+    # AUTO: dynamic where the graph allows it (a sequence may be capped by a position table)
+    shapes = tuple({axis: torch.export.Dim.AUTO for axis, d in enumerate(s.shape) if not isinstance(d, int)} or None
+                   for s in inputs)
+    with torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=shapes)
+    torch.export.save(program, str(out))
+    return out

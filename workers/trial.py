@@ -1,0 +1,64 @@
+"""Quick in-process comparisons a step makes to choose between variants: fidelity to a reference model
+on the job's samples, and batch-1 latency on the target. (The report's numbers come from the probe.)"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workers.handle import StepContext
+
+SAMPLES = 64
+RUNS = 30
+
+
+@dataclass
+class Trial:
+    fidelity: float  # top-1 agreement for classifiers (integer labels), else mean cosine
+    latency_ms: float  # median, batch 1
+
+
+def session(path: Path, ctx: StepContext):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = ctx.threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=ctx.providers)
+
+
+def outputs(sess, samples: dict[str, np.ndarray], n: int = SAMPLES, chunk: int = 16) -> np.ndarray:
+    rows = min(n, len(next(iter(samples.values()))))
+    return np.concatenate([sess.run(None, {k: v[i : i + chunk] for k, v in samples.items()})[0]
+                           for i in range(0, rows, chunk)])
+
+
+def agreement(reference: np.ndarray, output: np.ndarray, classification: bool) -> float:
+    if classification and reference.ndim == 2 and reference.shape[1] > 1:
+        return float(np.mean(reference.argmax(1) == output.argmax(1)))
+    a, b = reference.reshape(len(reference), -1), output.reshape(len(output), -1)
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return float(np.mean((a * b).sum(1) / norms))
+
+
+def latency(sess, samples: dict[str, np.ndarray], runs: int = RUNS) -> float:
+    feed = {k: v[:1] for k, v in samples.items()}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def compare(reference: Path, candidate: Path, ctx: StepContext) -> Trial:
+    ref, cand = session(reference, ctx), session(candidate, ctx)
+    classification = ctx.labels is not None and np.issubdtype(ctx.labels.dtype, np.integer)
+    fidelity = agreement(outputs(ref, ctx.samples), outputs(cand, ctx.samples), classification)
+    return Trial(fidelity, latency(cand, ctx.samples))
