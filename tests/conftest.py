@@ -13,7 +13,7 @@ from cli import processes as P
 from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 from tests.stack import Stack, free_port, free_port_block
 
-TEST_REDIS_URL = os.environ.get("PARETO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS_URL = os.environ.get("PARETO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")  # and the db below it
 MAX_UPLOAD_BYTES = 128 * 1024 * 1024
 
 
