@@ -20,7 +20,7 @@ from tests.test_jobs_e2e import upload_model
 @pytest.fixture(scope="module")
 def fragile(services, tmp_path_factory):
     redis_url, s3_url, _ = services
-    other_db = re.sub(r"/(\d+)$", lambda m: f"/{int(m.group(1)) - 1}", redis_url)  # the one below ours
+    other_db = re.sub(r"/(\d+)$", lambda m: f"/{int(m.group(1)) - 1 or 1}" if m.group(1) != "1" else "/2", redis_url)  # another db
     import redis
 
     redis.Redis.from_url(other_db).flushdb()
