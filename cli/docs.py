@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cli.apidocs import render_api
 from core.recipes import builtin_recipes
 from core.steps import catalog
 
@@ -51,7 +52,7 @@ def render_recipes() -> str:
     return "\n".join(lines)
 
 
-FILES = {"steps.md": render_steps, "recipes-builtin.md": render_recipes}
+FILES = {"steps.md": render_steps, "recipes-builtin.md": render_recipes, "api.md": render_api}
 
 if __name__ == "__main__":
     for name, render in FILES.items():

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from cli import admin, client
 from cli import processes as P
 from core.settings import Settings
 
@@ -118,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1)
     w.add_argument("--name", default="worker")
     w.set_defaults(run=worker)
+
+    admin.add_parser(sub)
+    client.add_parsers(sub)  # submit, jobs, report, recipes, steps
     return p
 
 

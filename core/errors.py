@@ -38,6 +38,10 @@ class PayloadTooLarge(ParetoError):
     code, status, title, user_error = "payload_too_large", 413, "Payload too large", True
 
 
+class RequestTimeout(ParetoError):
+    code, status, title, user_error = "request_timeout", 408, "Request timeout", True
+
+
 class InvalidInput(ParetoError):
     code, status, title, user_error = "invalid_input", 422, "Invalid input", True
 
@@ -52,6 +56,16 @@ class InvalidDataset(InvalidInput):
 
 class InvalidRecipe(InvalidInput):
     code, title = "invalid_recipe", "Invalid recipe"
+
+
+class TooManyRequests(ParetoError):
+    """A key went over its rate limit; `retry_after_s` says when a request will be accepted again."""
+
+    code, status, title, user_error = "rate_limited", 429, "Too many requests", True
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class Unavailable(ParetoError):

@@ -23,11 +23,12 @@ def new_id(kind: str) -> str:
 
 
 def is_id(value: str, kind: str | None = None) -> bool:
-    return bool(_ID.match(value)) and (kind is None or value.startswith(kind + "_"))
+    # fullmatch: `$` alone would accept a trailing newline (an id sent as %0A in a path)
+    return bool(_ID.fullmatch(value)) and (kind is None or value.startswith(kind + "_"))
 
 
 def is_tenant(value: str) -> bool:
-    return bool(_TENANT.match(value))
+    return bool(_TENANT.fullmatch(value))
 
 
 def safe_filename(name: str, default: str = "model") -> str:

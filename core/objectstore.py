@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.errors import Unavailable
+from core.retry import Backoff, RetryingClient
 from core.settings import Settings
 
 PART_SIZE = 8 * 1024 * 1024  # S3 needs >= 5 MiB for every part but the last
@@ -37,13 +38,15 @@ def job_prefix(tenant: str, job_id: str) -> str:
 
 
 class ObjectStore:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, retry_s: float | None = None):
+        """`retry_s`: how long transient S3 errors are retried (default PARETO_WORKER_RETRY_S)."""
         self.settings = settings
         self.bucket = settings.s3_bucket
+        self.backoff = Backoff(settings.worker_retry_s if retry_s is None else retry_s)
 
     @cached_property
     def client(self):
-        return self._client(self.settings.s3_endpoint_url)
+        return RetryingClient(self._client(self.settings.s3_endpoint_url), self.backoff)
 
     @cached_property
     def presigner(self):
@@ -100,9 +103,18 @@ class ObjectStore:
         return None if data is None else json.loads(data)
 
     def upload_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> str:
-        """Uploads a file (multipart when large); returns its sha256."""
-        self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
-        return file_sha256(path)
+        """Uploads a file (multipart when large), its sha256 kept as metadata; returns the sha256."""
+        sha256 = file_sha256(path)
+        self.client.upload_file(str(path), self.bucket, key,
+                                ExtraArgs={"ContentType": content_type, "Metadata": {"sha256": sha256}})
+        return sha256
+
+    def copy(self, source: str, key: str) -> tuple[int, str]:
+        """A server-side copy; returns the (size, sha256) recorded when the source was uploaded."""
+        self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source},
+                                MetadataDirective="COPY")
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        return head["ContentLength"], head.get("Metadata", {}).get("sha256", "")
 
     def download_file(self, key: str, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +221,7 @@ class MultipartWriter:
                 self.store.client.abort_multipart_upload(
                     Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id
                 )
-            except (BotoCoreError, ClientError):
+            except (BotoCoreError, ClientError, Unavailable):
                 pass  # the server expires abandoned uploads; nothing was made visible
 
 

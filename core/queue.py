@@ -11,6 +11,7 @@ from celery import Celery
 from core.settings import Settings
 
 OPTIMIZE_TASK = "pareto.optimize"
+TRIALS_TASK = "pareto.trials"  # helpers that run a job's candidates on other workers
 QUEUES = ("cpu", "gpu")
 
 

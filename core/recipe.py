@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.search import MAX_GRID, Dimension, check_options, split_space
+from core.search import size as space_size
 from core.steps import Step
 
 MAX_BATCH = 1024
@@ -20,7 +22,11 @@ class Target(Strict):
     """Where the result will run. Every latency in the report is measured there."""
 
     device: Literal["cpu", "cuda"] = "cpu"
-    runtime: Literal["onnxruntime"] = "onnxruntime"
+    runtime: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime", description="onnxruntime, or torch eager (the ONNX graph run by torch; models with "
+        "onnxruntime-only operators, such as int8 ones, are measured on onnxruntime and said so).")
+    accelerator: Literal["cuda", "tensorrt"] = Field("cuda", description="With device cuda: onnxruntime's CUDA or "
+                                                     "TensorRT execution provider.")
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=8)
     input_shapes: dict[str, list[int]] = Field(
         default_factory=dict,
@@ -91,11 +97,54 @@ class Goal(Strict):
         return self.max_degradation is not None or self.threshold is not None
 
 
+QUALITY_METRICS = ("accuracy", "macro_f1", "mse", "mae", "cosine")  # and top<k>_accuracy, e.g. top5_accuracy
+
+
+def check_quality_metric(name: str) -> str:
+    if name in QUALITY_METRICS or (name.startswith("top") and name.endswith("_accuracy") and name[3:-9].isdigit()):
+        return name
+    raise ValueError(f"unknown quality metric {name!r}; known: {', '.join(QUALITY_METRICS)}, top<k>_accuracy")
+
+
+class Data(Strict):
+    """How the job's dataset is split. An array named `split` in the dataset (0 train, 1 eval) overrides
+    the random split."""
+
+    eval_fraction: float | None = Field(
+        None, ge=0, lt=1, description="Held out for the report's quality and fidelity numbers. Default: 0.2 when "
+        "a step trains, else 0 (every sample is evaluated).")
+    calibration_samples: int = Field(256, ge=1, le=100_000, description="Training samples steps may calibrate on.")
+    seed: int = Field(0, description="Seeds the split, training and generated inputs.")
+    quality: list[str] | None = Field(
+        None, description="Quality metrics to report: accuracy, top<k>_accuracy, macro_f1 (integer labels), "
+        "mse, mae (regression), cosine (embedding labels). Default: chosen from the labels.")
+
+    @field_validator("quality")
+    @classmethod
+    def _metrics(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [check_quality_metric(m) for m in v]
+
+
 class Search(Strict):
-    sampler: Literal["grid", "random", "tpe"] = "grid"
-    max_trials: int = Field(20, ge=1, le=1000)
-    max_time_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    """Search over the list-valued step parameters (and `optional` steps) for the goals' frontier."""
+
+    sampler: Literal["grid", "random", "tpe"] = Field("grid", description="tpe: Optuna's multi-objective TPE.")
+    max_trials: int = Field(20, ge=1, le=1000, description="Candidate recipes tried at most.")
+    max_time_s: int = Field(3600, ge=1, le=7 * 24 * 3600, description="No new trial starts after this.")
     seed: int = 0
+    stop_when_goals_met: bool = Field(False, description="Stop starting trials once a candidate meets every goal.")
+    optional: list[str] = Field(default_factory=list, description="Steps (names or 1-based indexes) that may be "
+                                "switched off, e.g. [distill].")
+    space: list[Dimension] = Field(default_factory=list, description="What is searched (filled in from the steps' "
+                                   "list values).")
+
+    @property
+    def size(self) -> int:
+        return space_size(self.space)
+
+    @property
+    def trials(self) -> int:
+        return min(self.max_trials, self.size)
 
 
 class Recipe(Strict):
@@ -105,6 +154,60 @@ class Recipe(Strict):
     search: Search | None = None
     goals: list[Goal] = Field(default_factory=list, max_length=16)
     target: Target = Field(default_factory=Target)
+    data: Data = Field(default_factory=Data)
+    compare_without: list[str] = Field(
+        default_factory=list, description="Step names to leave out in a comparison branch, e.g. [distill]: the "
+        "report then also shows the same recipe without them (sharing what both have in common).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_space(cls, data):
+        """List-valued step parameters become the search space; the steps keep their first options."""
+        if isinstance(data, dict) and isinstance(data.get("search"), dict) and isinstance(data.get("steps"), list):
+            search = dict(data["search"])
+            steps, dims = split_space(data["steps"], [str(o) for o in search.get("optional", [])])
+            if dims and not search.get("space"):
+                search["space"] = [d.model_dump() for d in dims]
+            data = {**data, "steps": steps, "search": search}
+        return data
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Recipe:
+        if self.search is None:
+            return self
+        s = self.search
+        if not s.space:
+            raise ValueError("search: no step parameter is a list of options and no step is optional; "
+                             "nothing to search")
+        if any(d.step > len(self.steps) for d in s.space):
+            raise ValueError("search.space names a step the recipe does not have")
+        problems = check_options(self.steps, s.space)
+        if problems:
+            raise ValueError("search options: " + "; ".join(problems))
+        if s.sampler == "grid" and (s.size > s.max_trials or s.size > MAX_GRID):
+            raise ValueError(f"search: a grid over {s.size} candidates is more than max_trials ({s.max_trials}); "
+                             "raise max_trials or use the random or tpe sampler")
+        return self
+
+    @model_validator(mode="after")
+    def _references(self) -> Recipe:
+        for i, step in enumerate(self.steps, 1):
+            teacher = getattr(step, "teacher", None)
+            if isinstance(teacher, int) and not 1 <= teacher < i:
+                raise ValueError(f"step {i} ({step.name}): teacher {teacher} must name an earlier step (1..{i - 1})")
+        names = {s.name for s in self.steps}
+        unknown = [n for n in self.compare_without if n not in names]
+        if unknown:
+            raise ValueError(f"compare_without names steps the recipe does not have: {unknown}")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        return any(getattr(s, "trains", False) for s in self.steps)
+
+    @property
+    def needs_labels(self) -> list[str]:
+        return [s.name for s in self.steps if s.needs_labels]
 
     @property
     def needs_dataset(self) -> bool:

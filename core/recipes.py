@@ -26,6 +26,61 @@ _BUILTIN: dict[str, dict] = {
         ),
         "steps": [{"quantize": {"mode": "weight_only", "dtype": "int4", "block_size": 32}}],
     },
+    "shrink-and-improve": {
+        "description": (
+            "Footprint first (the survey's shrink-and-improve): half of every prunable layer's channels and "
+            "attention heads are removed, the smaller model is distilled from the original on your dataset "
+            "(labels used when present), then quantized to int8 as in `int8`. The report also shows the same "
+            "shrink without distillation, so you see what the recovery bought. Use it when size and latency "
+            "matter most and you can spare a little quality. Needs a dataset."
+        ),
+        "steps": [
+            {"prune": {"method": "structured", "ratio": 0.5}},
+            {"distill": {"teacher": "baseline", "epochs": 10, "lr": 0.002}},
+            {"quantize": {"mode": "auto", "dtype": "int8"}},
+        ],
+        "compare_without": ["distill"],
+    },
+    "grow-improve-and-shrink": {
+        "description": (
+            "Quality first (the survey's grow-improve-and-shrink): every growable layer is widened 1.5x without "
+            "changing what the model computes, the bigger model is fine-tuned on your labels, pruned back to "
+            "the original widths, distilled from the grown model, then quantized to int8. Ends at the original "
+            "size or below with the grown model's quality carried over. Use it when quality must not drop "
+            "(and may rise) and you have labelled data. Needs a dataset with labels."
+        ),
+        "steps": [
+            {"grow": {"width_multiplier": 1.5}},
+            {"finetune": {"epochs": 10, "lr": 0.0005, "augment": {"crop_padding": 1}}},
+            {"prune": {"method": "structured", "ratio": 0.3333}},
+            {"distill": {"teacher": 2, "epochs": 15, "lr": 0.001}},
+            {"quantize": {"mode": "auto", "dtype": "int8"}},
+        ],
+    },
+    "efficient-layers-and-distill": {
+        "description": (
+            "Efficient layers in place of standard ones (the survey's layer-swap family): k x k convolutions "
+            "become depthwise-separable and Linear layers low-rank pairs at half rank, each fitted to the "
+            "original by least squares and only where parameters and MACs drop; then the model is distilled "
+            "from the original to recover what the swap lost (the report shows both). Use it for CNNs and MLPs "
+            "whose compute you want down without quantization. Needs a dataset (labels optional)."
+        ),
+        "steps": [
+            {"swap_layers": {"conv": "depthwise_separable", "linear": "low_rank", "rank_ratio": 0.5}},
+            {"distill": {"teacher": "baseline", "epochs": 15, "lr": 0.002}},
+        ],
+    },
+    "prune-and-distill": {
+        "description": (
+            "A float model with 30 % fewer channels and heads in every prunable layer, distilled from the "
+            "original to recover its quality. Use it when you need a smaller, faster model that stays in float "
+            "(a runtime without int8 kernels, or to quantize later yourself). Needs a dataset (labels optional)."
+        ),
+        "steps": [
+            {"prune": {"method": "structured", "ratio": 0.3}},
+            {"distill": {"teacher": "baseline", "epochs": 10, "lr": 0.001}},
+        ],
+    },
 }
 
 

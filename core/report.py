@@ -58,6 +58,8 @@ class Candidate(BaseModel):
     goals: list[GoalResult] = Field(default_factory=list)
     metrics: Metrics
     vs_baseline: VsBaseline | None = None
+    regressions: list[str] = Field(default_factory=list, description="where it measured worse than the baseline "
+                                   "on the target, e.g. slower at a batch size")
     notes: list[str] = Field(default_factory=list)
 
 
@@ -65,13 +67,15 @@ class Measurement(BaseModel):
     """How the latencies were taken, so that they can be reproduced."""
 
     device: str
-    providers: list[str]
+    runtime: str = "onnxruntime"
+    providers: list[str]  # execution providers (or the torch runtime) the baseline ran on
     threads: int
     warmup: int
     repeats: int
     batch_sizes: list[int]
     inputs: str  # "dataset" or "generated"
-    samples: int
+    samples: int  # evaluated on
+    train_samples: int = 0  # trained on (held apart from the evaluated ones)
 
 
 class Environment(BaseModel):
@@ -80,7 +84,28 @@ class Environment(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
 
 
+class Failure(BaseModel):
+    """A candidate that could not be made (searches go on without it)."""
+
+    id: str
+    steps: list[dict]
+    code: str
+    message: str
+
+
+class SearchSummary(BaseModel):
+    sampler: str
+    space_size: int
+    trials: int  # paths tried
+    candidates: int  # nodes measured (shared prefixes counted once)
+    failed: int
+    skipped: int  # planned but not started (time or goals reached first)
+    stopped: str | None = None  # why the search stopped early, if it did
+
+
 class Report(BaseModel):
+    """Report v1 (GET /v1/schemas/report publishes this as JSON Schema)."""
+
     schema_version: int = SCHEMA_VERSION
     job_id: str
     environment: Environment
@@ -90,3 +115,17 @@ class Report(BaseModel):
     frontier: list[str]
     recommended: str
     goals_met: bool
+    regressions: list[str] = Field(default_factory=list, description="candidates slower than the baseline")
+    failures: list[Failure] = Field(default_factory=list)
+    search: SearchSummary | None = None
+
+
+SCHEMA_ID = f"https://pareto.dev/schemas/report/v{SCHEMA_VERSION}.json"
+
+
+def report_schema() -> dict:
+    schema = Report.model_json_schema()
+    schema["$id"] = SCHEMA_ID
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["properties"]["schema_version"]["const"] = SCHEMA_VERSION
+    return schema

@@ -43,6 +43,23 @@ class Settings(BaseSettings):
     restore_interval_s: int = Field(10, gt=0, validation_alias=_env("PARETO_RESTORE_INTERVAL_S"))
     worker_queues: str = Field("cpu", validation_alias=_env("PARETO_WORKER_QUEUES"))
     intra_op_threads: int = Field(0, ge=0, validation_alias=_env("PARETO_INTRA_OP_THREADS"))
+    max_fanout: int = Field(16, ge=0, le=1024, validation_alias=_env("PARETO_MAX_FANOUT"))
+    target_wait_s: int = Field(600, ge=1, validation_alias=_env("PARETO_TARGET_WAIT_S"))
+    node_lease_s: int = Field(60, ge=5, le=3600, validation_alias=_env("PARETO_NODE_LEASE_S"))
+
+    # reliability and security (issue 7)
+    worker_retry_s: float = Field(120, ge=0, validation_alias=_env("PARETO_WORKER_RETRY_S"))
+    api_retry_s: float = Field(5, ge=0, validation_alias=_env("PARETO_API_RETRY_S"))
+    revoked_key_ids: str = Field("", validation_alias=_env("PARETO_REVOKED_KEY_IDS"))
+    rate_limit_per_s: float = Field(50, ge=0, validation_alias=_env("PARETO_RATE_LIMIT_PER_S"))
+    rate_limit_burst: int = Field(100, ge=1, validation_alias=_env("PARETO_RATE_LIMIT_BURST"))
+    max_json_bytes: int = Field(1024 * 1024, gt=0, validation_alias=_env("PARETO_MAX_JSON_BYTES"))
+    body_idle_timeout_s: float = Field(30, gt=0, validation_alias=_env("PARETO_BODY_IDLE_TIMEOUT_S"))
+    request_timeout_s: float = Field(60, gt=0, validation_alias=_env("PARETO_REQUEST_TIMEOUT_S"))
+    webhook_secret: str = Field("", validation_alias=_env("PARETO_WEBHOOK_SECRET"))
+    webhook_allowlist: str = Field("", validation_alias=_env("PARETO_WEBHOOK_ALLOWLIST"))
+    webhook_timeout_s: float = Field(5, gt=0, validation_alias=_env("PARETO_WEBHOOK_TIMEOUT_S"))
+    webhook_attempts: int = Field(5, ge=1, le=20, validation_alias=_env("PARETO_WEBHOOK_ATTEMPTS"))
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

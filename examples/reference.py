@@ -85,11 +85,21 @@ def export(module, args: tuple, names_in: list[str], names_out: list[str], onnx_
     torch.export.save(program, str(pt2_path))
 
 
+def write_digits_dataset(path: Path) -> Path:
+    """All 1797 digits as NCHW images with their labels, and `split` marking the CNN's held-out quarter
+    (1) apart from the part it was trained on (0), so that jobs train and evaluate as the CNN did."""
+    x_train, x_test, y_train, y_test = digits_images()
+    split = np.concatenate([np.zeros(len(x_train), np.int64), np.ones(len(x_test), np.int64)])
+    np.savez(path, x=np.concatenate([x_train, x_test]), labels=np.concatenate([y_train, y_test]), split=split)
+    return path
+
+
 def write_digits_cnn(out: Path) -> dict[str, Path]:
     torch = _torch()
     out.mkdir(parents=True, exist_ok=True)
     model, x_test, y_test = train_digits_cnn()
-    paths = {"onnx": out / "digits-cnn.onnx", "pt2": out / "digits-cnn.pt2", "data": out / "digits-images.npz"}
+    paths = {"onnx": out / "digits-cnn.onnx", "pt2": out / "digits-cnn.pt2", "data": out / "digits-images.npz",
+             "all": write_digits_dataset(out / "digits-all.npz")}
     with torch.no_grad():
         export(model, (torch.from_numpy(x_test[:2]),), ["x"], ["logits"], paths["onnx"], paths["pt2"],
                {"x": {0: "batch"}, "logits": {0: "batch"}})

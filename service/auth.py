@@ -32,6 +32,10 @@ class ApiKeys:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def identify(self, presented: str | None) -> tuple[str, str]:
+        """(tenant, key id) of a presented key; the id names the key in revocations and rate limits."""
+        return self.tenant_for(presented), key_id(presented)
+
     def tenant_for(self, presented: str | None) -> str:
         if not presented:
             raise Unauthorized("send 'Authorization: Bearer <key>'", code="unauthorized")
@@ -43,6 +47,11 @@ class ApiKeys:
         if found is None:
             raise Unauthorized("the API key is not valid", code="unauthorized")
         return found
+
+
+def key_id(key: str) -> str:
+    """A public name for a key (`pareto admin key-id KEY`): a prefix of its SHA-256, not enough to use it."""
+    return "k_" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -31,6 +31,8 @@ def install(app: FastAPI) -> None:
         if exc.status >= 500:
             log.error("request failed: %s %s: %s", request.method, request.url.path, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if getattr(exc, "headers", None):  # e.g. Retry-After on 429
+            headers = {**(headers or {}), **exc.headers}
         return problem(exc.status, exc.code, exc.title, exc.message, headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +19,77 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidInput, PayloadTooLarge
-from core.objectstore import MultipartWriter, ObjectStore
+from core.objectstore import PART_SIZE, MultipartWriter, ObjectStore
 
-BATCH = 1024 * 1024  # hand the S3 writer this much at a time
+BATCH = 4 * 1024 * 1024  # hand the S3 writer this much at a time
+_PART_SENDERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-part")
+
+
+class PipelinedWriter(MultipartWriter):
+    """A MultipartWriter that sends parts in the background while the next ones are received: at most
+    IN_FLIGHT parts on their way, so memory stays near IN_FLIGHT + 1 parts and receiving and sending
+    overlap. Chunks are joined once into a part (parts may differ in size; S3 wants >= 5 MiB for all but
+    the last), never re-copied."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, store: ObjectStore, key: str, content_type: str = "application/octet-stream"):
+        super().__init__(store, key, content_type)
+        self.in_flight: deque[Future] = deque()
+        self.chunks: list[bytes] = []
+        self.pending = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.sha256.update(chunk)
+        self.chunks.append(chunk)
+        self.pending += len(chunk)
+        if self.pending >= PART_SIZE:
+            self._send(self._take())
+
+    def _take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks, self.pending = [], 0
+        return data
+
+    def _send(self, data: bytes) -> None:
+        c = self.store.client
+        if self.upload_id is None:
+            self.upload_id = c.create_multipart_upload(
+                Bucket=self.store.bucket, Key=self.key, ContentType=self.content_type)["UploadId"]
+        while len(self.in_flight) >= self.IN_FLIGHT:
+            self._collect(self.in_flight.popleft())
+        number = len(self.parts) + len(self.in_flight) + 1  # numbered in the order received
+
+        def send() -> dict:
+            etag = c.upload_part(Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id,
+                                 PartNumber=number, Body=data)["ETag"]
+            return {"ETag": etag, "PartNumber": number}
+
+        self.in_flight.append(_PART_SENDERS.submit(send))
+
+    def _collect(self, future: Future) -> None:
+        self.parts.append(future.result())  # raises the part's error, if it failed
+
+    def wait(self) -> None:
+        """Waits for every part on its way."""
+        while self.in_flight:
+            self._collect(self.in_flight.popleft())
+
+    def complete(self) -> None:
+        if self.upload_id is not None and self.pending:
+            self._send(self._take())
+        self.wait()
+        self.buffer = bytearray(self._take())  # small uploads: the base class puts it whole
+        super().complete()
+
+    def abort(self) -> None:
+        try:
+            self.wait()
+        except Exception:
+            pass  # the upload is being thrown away
+        self.chunks, self.pending = [], 0
+        super().abort()
 
 
 @dataclass
@@ -54,25 +124,28 @@ class _Sink:
 
     def __init__(self, writer: MultipartWriter, spool, limit: int):
         self.writer, self.spool, self.limit = writer, spool, limit
-        self.pending = bytearray()
+        self.pending: list[bytes] = []  # chunks as received: handed on without copying
+        self.pending_bytes = 0
         self.received = 0
 
     async def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
         if self.received > self.limit:
             raise PayloadTooLarge(f"the upload is larger than the limit of {self.limit} bytes")
-        self.pending += chunk
-        if len(self.pending) >= BATCH:
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes >= BATCH:
             await self.flush()
 
     async def flush(self) -> None:
         if self.pending:
-            data, self.pending = bytes(self.pending), bytearray()
+            data, self.pending, self.pending_bytes = self.pending, [], 0
             await run_in_threadpool(self._write, data)
 
-    def _write(self, data: bytes) -> None:
-        self.spool.write(data)
-        self.writer.write(data)
+    def _write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.spool.write(chunk)
+            self.writer.write(chunk)
 
 
 async def receive(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path) -> Upload:
@@ -82,7 +155,7 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
         raise PayloadTooLarge(f"the upload ({declared} bytes) is larger than the limit of {limit} bytes")
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)
-    writer = store.writer(key)
+    writer = PipelinedWriter(store, key)
     upload = Upload(writer=writer, spool=Path(spool_name))
     try:
         with os.fdopen(fd, "wb") as spool:

@@ -15,6 +15,7 @@ from tests.stack import Stack, free_port, free_port_block
 
 TEST_REDIS_URL = os.environ.get("PARETO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")  # and the db below it
 MAX_UPLOAD_BYTES = 128 * 1024 * 1024
+WEBHOOK_SECRET = "test-webhook-secret"  # callbacks go to receivers the tests run on 127.0.0.1
 
 
 def _answers(url: str) -> bool:
@@ -45,7 +46,10 @@ def services(tmp_path_factory):
 def stack(services, tmp_path_factory):
     redis_url, s3_url, _ = services
     s = Stack.start(tmp_path_factory.mktemp("stack"), redis_url, s3_url, workers=1,
-                    PARETO_MAX_UPLOAD_BYTES=MAX_UPLOAD_BYTES)
+                    PARETO_MAX_UPLOAD_BYTES=MAX_UPLOAD_BYTES, PARETO_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                    PARETO_TARGET_WAIT_S=10,
+                    PARETO_WEBHOOK_ALLOWLIST="127.0.0.1",
+                    PARETO_RATE_LIMIT_PER_S=1000)  # tests share two keys; tests/test_security.py checks the limit
     yield s
     s.stop()
 
@@ -68,11 +72,11 @@ def reference(request):
     import examples.reference as ref
 
     def build(name: str) -> dict[str, Path]:
-        folder = Path(request.config.cache.mkdir(f"reference-{name}-v1"))
+        folder = Path(request.config.cache.mkdir(f"reference-{name}-v2"))
         writer = {"cnn": ref.write_digits_cnn, "minilm": ref.write_minilm}[name]
-        files = {"cnn": ("digits-cnn.onnx", "digits-cnn.pt2", "digits-images.npz"),
+        files = {"cnn": ("digits-cnn.onnx", "digits-cnn.pt2", "digits-images.npz", "digits-all.npz"),
                  "minilm": ("minilm.onnx", "minilm.pt2", "sentences.npz")}[name]
-        paths = dict(zip(("onnx", "pt2", "data"), (folder / f for f in files), strict=True))
+        paths = dict(zip(("onnx", "pt2", "data", "all"), (folder / f for f in files), strict=False))
         if not all(p.exists() for p in paths.values()):
             writer(folder)
         return paths
@@ -91,6 +95,7 @@ def minilm(reference, tmp_path_factory) -> dict[str, Path]:
     import numpy as np
 
     paths = dict(reference("minilm"))
+    paths["all"] = paths["data"]  # all 256 sentences, for training
     small = tmp_path_factory.mktemp("minilm") / "sentences-32.npz"
     with np.load(paths["data"]) as data:
         np.savez(small, **{k: data[k][:32] for k in data.files})

@@ -53,7 +53,7 @@ def test_int8_end_to_end(client, digits, services):
 
     report = client.get(f"/v1/jobs/{job['id']}/report").json()
     artifacts = {a["name"]: a for a in client.get(f"/v1/jobs/{job['id']}/artifacts").json()}
-    assert set(artifacts) == {"model.onnx", "report.json"}
+    assert set(artifacts) == {"model.onnx", "report.json", "report.html"}
     assert report["recommended"] == "c1"
     candidate = report["candidates"][0]
     assert candidate["artifact"] == "model.onnx" and candidate["parent_id"] == "baseline"

@@ -67,7 +67,7 @@ def test_killed_worker_job_is_rerun_by_another(fragile, digits):
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2
         artifacts = client.get(f"/v1/jobs/{job['id']}/artifacts").json()
-        assert {a["name"] for a in artifacts} == {"model.onnx", "report.json"}
+        assert {a["name"] for a in artifacts} == {"model.onnx", "report.json", "report.html"}
 
 
 @pytest.mark.slow

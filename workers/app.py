@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+
 from celery import Celery
+from celery.signals import worker_process_init, worker_ready
 
 from core.queue import celery_config
 from core.settings import get_settings
@@ -10,3 +13,21 @@ from core.settings import get_settings
 app = Celery("pareto")
 app.conf.update(celery_config(get_settings()))
 app.conf.imports = ("workers.tasks",)
+
+
+@worker_process_init.connect
+def _pool_children_ignore_sigterm(**_) -> None:
+    """SIGTERM means warm shutdown: the main process stops taking jobs and waits for the running one.
+    A pool child that got the same SIGTERM (sent to the whole process group, as `pareto up` and some
+    container runtimes do) would otherwise abort the running step halfway. Billiard keeps an ignored
+    signal ignored; SIGQUIT (cold shutdown), time limits and SIGKILL still end a child."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@worker_ready.connect
+def _advertise(sender=None, **_) -> None:
+    """Tells the gateway which queues, device and execution providers this worker serves."""
+    from workers import advertise
+
+    queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
+    advertise.start(sender.hostname if sender is not None else "worker", queues)

@@ -291,15 +291,21 @@ def _inferred_heads(graph: Graph, reshape, heads: int) -> bool:
 
 
 # -- applying a choice --------------------------------------------------------------------------------------
-def resize(graph: Graph, group: ChannelGroup, index: np.ndarray) -> None:
-    """Rebuilds every tensor of the group with channels `index` (a subset to prune, repeats to grow)."""
+def resize(graph: Graph, group: ChannelGroup, index: np.ndarray, consumer_scale: np.ndarray | None = None) -> None:
+    """Rebuilds every tensor of the group with channels `index` (a subset to prune, repeats to grow);
+    `consumer_scale` multiplies what each new channel contributes to the next layers (growth splits it)."""
     for op in group.producers:
         graph.set_array(op.weight, np.take(graph.array(op.weight), index, axis=op.out_axis))
     for name, axis in group.per_channel:
         graph.set_array(name, np.take(graph.array(name), index, axis=axis))
     for op, repeat in group.consumers:
         spread = (index[:, None] * repeat + np.arange(repeat)[None, :]).reshape(-1)
-        graph.set_array(op.weight, np.take(graph.array(op.weight), spread, axis=op.in_axis))
+        w = np.take(graph.array(op.weight), spread, axis=op.in_axis)
+        if consumer_scale is not None:
+            shape = [1] * w.ndim
+            shape[op.in_axis] = len(spread)
+            w = w * np.repeat(consumer_scale, repeat).reshape(shape).astype(w.dtype)
+        graph.set_array(op.weight, w)
     for conv in group.grouped_convs:
         for a in conv.attribute:
             if a.name == "group":

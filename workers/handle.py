@@ -10,6 +10,7 @@ import numpy as np
 
 from core.assets import TensorSpec
 from core.settings import Settings
+from workers.inputs import JobData, Split
 
 
 @dataclass(frozen=True)
@@ -26,15 +27,42 @@ class StepContext:
     workdir: Path
     settings: Settings
     inputs: list[TensorSpec]
-    samples: dict[str, np.ndarray]  # the job's evaluation inputs, keyed by model input name
-    labels: np.ndarray | None = None
-    from_dataset: bool = False  # samples are the user's data, not generated
+    data: JobData
     seed: int = 0
     device: str = "cpu"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1
+    calibration_samples: int = 256
+    teachers: dict[str, Path] = field(default_factory=dict)  # "baseline", "1", "2", ...: models that may teach
+    goals: list = field(default_factory=list)  # the recipe's goals (quantize's fallback checks the quality ones)
+    metrics: list[str] = field(default_factory=list)  # the quality metrics the job reports
     checkpoint: Callable[[str], None] = field(default=lambda message: None)  # progress + cancellation
     notes: list[str] = field(default_factory=list)  # what the step wants the report to say
+
+    @property
+    def samples(self) -> dict[str, np.ndarray]:
+        """The evaluation inputs (what the report measures on)."""
+        return self.data.eval.inputs
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.data.eval.labels
+
+    @property
+    def train(self) -> Split:
+        return self.data.train
+
+    @property
+    def from_dataset(self) -> bool:
+        return self.data.from_dataset
+
+    @property
+    def calibration(self) -> dict[str, np.ndarray]:
+        """Training inputs to calibrate on."""
+        return {k: v[: self.calibration_samples] for k, v in self.train.inputs.items()}
+
+    def teacher(self, which: str | int) -> Path:
+        return self.teachers[str(which)]
 
     def path(self, name: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)

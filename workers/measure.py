@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +16,24 @@ from core.errors import ParetoError
 from core.recipe import Target
 from core.report import Fidelity, Latency, Metrics
 from workers.modelstats import static_metrics
+from workers.quality import quality
 
 PROBE_TIMEOUT_S = 1800
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(target: Target) -> list[str]:
+    """onnxruntime's execution providers for the target, best first; target_unavailable if this worker
+    lacks the one the target names."""
     import onnxruntime as ort
 
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ParetoError("this worker has no CUDA execution provider", code="target_unavailable")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if target.device == "cpu":
+        return ["CPUExecutionProvider"]
+    wanted = ["TensorrtExecutionProvider"] if target.accelerator == "tensorrt" else []
+    wanted += ["CUDAExecutionProvider"]
+    missing = [p for p in wanted if p not in ort.get_available_providers()]
+    if missing:
+        raise ParetoError(f"this worker has no {', '.join(missing)}", code="target_unavailable")
+    return [*wanted, "CPUExecutionProvider"]
 
 
 def resolve_threads(target: Target, default: int) -> int:
@@ -46,15 +52,14 @@ class Bench:
     fixed_batch: int | None
     labels: np.ndarray | None = None
     sample_shapes: dict[str, list[int]] | None = None  # one sample's shape per input, for MACs
-
-    @property
-    def classification(self) -> bool:
-        """Integer labels: the model is a classifier, and top-1 agreement means something."""
-        return self.labels is not None and np.issubdtype(self.labels.dtype, np.integer)
+    metrics: list[str] = field(default_factory=list)  # quality metrics to compute against the labels
+    classification: bool = False  # integer labels: top-1 agreement means something
+    ran_on: list[str] = field(default_factory=list)  # what the probe reported running the baseline on
 
     def run(self, model: Path, reference: list[np.ndarray] | None) -> tuple[Metrics, list[np.ndarray], list[str]]:
         """Metrics of `model`, its outputs on the evaluation inputs, and notes (e.g. skipped batches)."""
         probe = self._probe(model)
+        self.ran_on = self.ran_on or probe["providers"]
         outputs_file = np.load(probe.pop("outputs_path"), allow_pickle=False)
         outputs = [outputs_file[f"arr_{i}"] for i in range(len(outputs_file.files))]
         metrics = Metrics(
@@ -62,7 +67,7 @@ class Bench:
             latency_ms={b: Latency(**v) for b, v in probe["latency_ms"].items()},
             throughput_per_s=probe["throughput_per_s"],
             peak_memory_bytes=probe["peak_memory_bytes"],
-            quality=quality(outputs, self.labels),
+            quality=quality(outputs[0], self.labels, self.metrics) if outputs else {},
             fidelity=fidelity(reference[0], outputs[0], self.classification) if reference and outputs else None,
         )
         return metrics, outputs, probe["notes"]
@@ -74,6 +79,7 @@ class Bench:
             "outputs": str(self.workdir / f"{stem}.outputs.npz"),
             "batch_sizes": self.target.batch_sizes, "warmup": self.target.warmup,
             "repeats": self.target.repeats, "threads": self.threads, "providers": self.providers,
+            "runtime": self.target.runtime, "device": self.target.device,
             "fixed_batch": self.fixed_batch,
         }
         spec_path = self.workdir / f"{stem}.probe.json"
@@ -100,14 +106,3 @@ def fidelity(reference: np.ndarray, output: np.ndarray, classification: bool) ->
     if classification and reference.ndim == 2 and reference.shape[1] > 1:
         top1 = float(np.mean(reference[:n].argmax(1) == output[:n].argmax(1)))
     return Fidelity(top1_agreement=top1, cosine=float(cosine.mean()), max_abs_error=float(np.abs(a - b).max()))
-
-
-def quality(outputs: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float]:
-    """Label-based quality of the first output; classification accuracy when it is [samples, classes]."""
-    if labels is None or not outputs:
-        return {}
-    logits = outputs[0]
-    n = min(len(logits), len(labels))
-    if logits.ndim == 2 and logits.shape[1] > 1 and np.issubdtype(labels.dtype, np.integer):
-        return {"accuracy": float(np.mean(logits[:n].argmax(1) == labels[:n]))}
-    return {}

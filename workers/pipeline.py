@@ -1,98 +1,194 @@
-"""Runs a recipe on a model: measure the baseline, apply the steps in order (each result a candidate,
-measured the same way), and build the report. Knows nothing of Celery, Redis or S3."""
+"""A job's coordinator: measure the baseline, plan the candidates (the recipe's steps, its comparison
+branch, or the search's trials) as a tree whose shared prefixes are computed once, run the nodes together
+with helper tasks on the other workers of the queue, and build the report from what was measured."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import redis
 
 from core.assets import ModelRecord
+from core.errors import JobCancelled, ParetoError
 from core.job import Job
-from core.report import Candidate, Measurement, Report
+from core.objectstore import ObjectStore
+from core.queue import TRIALS_TASK, celery_client, queue_for
+from core.report import Candidate, Failure, Measurement, Report, SearchSummary
 from core.settings import Settings
-from workers.handle import ModelHandle, StepContext
-from workers.inputs import batch_dim, generate, load_dataset
-from workers.measure import Bench, providers_for, resolve_threads
-from workers.pt2 import onnx_to_program, program_to_onnx
+from workers import goals as G
+from workers.fleet import Fleet
+from workers.htmlreport import render
+from workers.plan import BASELINE, Plan
+from workers.pt2 import onnx_to_program
 from workers.report import build
-from workers.steps import apply_step
+from workers.trials import Trials
+from workers.workspace import Workspace, prepare, run_node
 
 Checkpoint = Callable[[int, int, str], None]  # (done, total, message); raises JobCancelled
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Stored:
+    """An artifact already in the object store: copied, not uploaded again."""
+
+    key: str
 
 
 @dataclass
 class Outcome:
     report: Report
-    artifacts: dict[str, Path]  # artifact name -> file
+    artifacts: dict[str, Path | Stored]  # artifact name -> local file or stored object
 
 
-def run_recipe(job: Job, model: ModelRecord, source: Path, dataset: Path | None, workdir: Path,
-               settings: Settings, checkpoint: Checkpoint) -> Outcome:
-    recipe, target = job.recipe, job.recipe.target
-    if dataset is not None:
-        samples, labels = load_dataset(dataset, model.inputs)
-    else:
-        seed = recipe.search.seed if recipe.search else 0
-        samples, labels = generate(model.inputs, target.input_shapes, seed=seed), None
-    inputs_path = workdir / "inputs.npz"
-    np.savez(inputs_path, **samples)
-    program = None
-    if model.format == "pt2":
-        checkpoint(0, 1, "converting the PyTorch program to ONNX")
-        program = source
-        source = program_to_onnx(program, workdir / "baseline.onnx", model.inputs, model.outputs, samples,
-                                 settings.max_upload_bytes)
-    bench = Bench(workdir / "probe", inputs_path, target, resolve_threads(target, settings.intra_op_threads),
-                  providers_for(target.device), batch_dim(model.inputs), labels,
-                  {k: [1, *v.shape[1:]] for k, v in samples.items()})
-    bench.workdir.mkdir(parents=True, exist_ok=True)
+class Coordinator:
+    def __init__(self, job: Job, ws: Workspace, fleet: Fleet, baseline: Candidate, checkpoint: Checkpoint):
+        self.job, self.ws, self.fleet, self.baseline, self.checkpoint = job, ws, fleet, baseline, checkpoint
+        self.plan, self.trials = Plan(), Trials(job.recipe, baseline)
+        self.ends: set[str] = set()  # nodes where a trial's path ends
+        self.reported: set[str] = set()
+        self.skipped: set[str] = set()
+        self.stopped: str | None = None
+        self.first_end: str | None = None
 
-    total = 2 + 2 * len(recipe.steps)
-    checkpoint(0, total, "measuring the baseline")
-    metrics, reference, notes = bench.run(source, None)
-    baseline = Candidate(id="baseline", metrics=metrics, notes=notes)
+    def add(self, proposals) -> None:
+        for path, token in proposals:
+            end, added = self.plan.add(path)
+            self.first_end = self.first_end or end
+            self.fleet.publish(added)
+            self.ends.add(end)
+            self.trials.started(end, token)
 
-    handle, files, candidates = ModelHandle(source), {}, []
-    for i, step in enumerate(recipe.steps, 1):
-        done = 2 * i - 1
-        checkpoint(done, total, f"step {i}/{len(recipe.steps)}: {step.name}")
-        ctx = StepContext(
-            workdir=workdir / f"step{i}-{step.name}", settings=settings, inputs=model.inputs,
-            samples=samples, labels=labels, from_dataset=dataset is not None, device=target.device,
-            providers=bench.providers, threads=bench.threads,
-            checkpoint=lambda message, done=done: checkpoint(done, total, message),
-        )
-        handle = apply_step(handle, step, ctx)
-        checkpoint(done + 1, total, f"measuring the result of {step.name}")
-        metrics, _, notes = bench.run(handle.onnx_path, reference)
-        cid = f"c{i}"
-        candidates.append(Candidate(
-            id=cid, parent_id=candidates[-1].id if candidates else "baseline",
-            steps=[s.as_recipe_item() for s in recipe.steps[:i]], metrics=metrics, notes=ctx.notes + notes,
-        ))
-        files[cid] = handle.onnx_path
+    def tick(self, message: str = "") -> None:
+        done = len(self.fleet.done())
+        text = f"{done} of {len(self.plan.nodes)} candidates" + (f"; {message}" if message else "")
+        self.checkpoint(done, max(1, len(self.plan.nodes)) + 1, text)
 
+    def loop(self) -> None:
+        deadline = time.monotonic() + (self.job.recipe.search.max_time_s if self.trials.searching else 10**9)
+        while True:
+            node = self.fleet.take()
+            if node is not None:
+                self._run(node)
+            else:
+                time.sleep(POLL_S)
+            done, failed = self.fleet.done(), self.fleet.failed()
+            self._note_results(done, failed)
+            if self.trials.searching and not self.stopped:
+                self._maybe_stop(done, deadline)
+            if self.stopped:  # what finishing nodes made ready is not started either
+                self.skipped |= set(self.fleet.drop_waiting())
+            else:
+                self.add(self.trials.more(len(self.fleet.running()) + self.fleet.waiting()))
+            self.fleet.requeue_expired()
+            if set(self.plan.nodes) <= set(done) | set(failed) | self.skipped:
+                return
+            self.tick()
+
+    def _run(self, node) -> None:
+        try:
+            run_node(self.ws, self.fleet, node, lambda message: self.tick(message))
+        except JobCancelled:
+            raise
+        except ParetoError as e:
+            if not e.user_error and not self.trials.searching:
+                raise
+            self.fleet.fail(node, e.code, e.message)
+
+    def _note_results(self, done: dict, failed: dict) -> None:
+        for node_id, error in failed.items():
+            if not self.trials.searching:
+                raise ParetoError(error["message"], code=error["code"])
+            for child in self.plan.descendants(node_id):
+                if child not in done and child not in failed:
+                    self.fleet.fail(self.plan.nodes[child], "parent_failed", f"{node_id} failed: {error['message']}")
+        for end in self.ends:
+            if end in self.reported or (end not in done and end not in failed):
+                continue
+            self.reported.add(end)
+            self.trials.finished(end, Candidate(**done[end]) if end in done else None)
+
+    def _maybe_stop(self, done: dict, deadline: float) -> None:
+        search = self.job.recipe.search
+        if time.monotonic() > deadline:
+            self.stopped = f"max_time_s ({search.max_time_s} s) reached"
+        elif search.stop_when_goals_met and self.job.recipe.goals and any(
+                all(r.met for r in G.evaluate(Candidate(**done[e]), self.baseline, self.job.recipe.goals))
+                for e in self.ends if e in done):
+            self.stopped = "a candidate met every goal (stop_when_goals_met)"
+        if self.stopped:
+            self.skipped |= set(self.fleet.drop_waiting())
+            self.skipped |= {n for n in self.plan.nodes if n not in done and n not in self.fleet.running()}
+
+
+def _dispatch_helpers(job: Job, settings: Settings, count: int) -> None:
+    """Helper tasks for the other workers of the queue; each leaves as soon as nothing is left to run."""
+    if count <= 0:
+        return
+    client, queue = celery_client(settings), queue_for(job.recipe.target.device)
+    for _ in range(count):
+        client.send_task(TRIALS_TASK, args=[job.tenant, job.id, job.attempts], queue=queue)
+
+
+def run_recipe(job: Job, model: ModelRecord, source: Path, workdir: Path, settings: Settings,
+               checkpoint: Checkpoint, objects: ObjectStore, r: redis.Redis) -> Outcome:
+    fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s)
+    ws, baseline = prepare(job, model, source, settings, objects, workdir, lambda m: checkpoint(0, 1, m))
+    coordinator = Coordinator(job, ws, fleet, baseline, checkpoint)
+    coordinator.add(coordinator.trials.first())
+    _dispatch_helpers(job, settings, min(len(coordinator.plan.nodes) - 1, settings.max_fanout))
+    try:
+        coordinator.loop()
+    finally:
+        fleet.close()
+    return _outcome(coordinator, fleet, model)
+
+
+def _outcome(c: Coordinator, fleet: Fleet, model: ModelRecord) -> Outcome:
+    job, ws = c.job, c.ws
+    done, failed = fleet.done(), fleet.failed()
+    candidates = [Candidate(**done[n]) for n in c.plan.nodes if n in done]
+    if not candidates:
+        raise ParetoError("no candidate could be made: " + "; ".join(f"{k}: {v['message']}" for k, v in failed.items()),
+                          code="no_candidates")
+    target = job.recipe.target
     measurement = Measurement(
-        device=target.device, providers=bench.providers, threads=bench.threads, warmup=target.warmup,
+        device=target.device, runtime=target.runtime, providers=ws.bench.ran_on or ws.bench.providers,
+        threads=ws.bench.threads, warmup=target.warmup,
         repeats=target.repeats, batch_sizes=target.batch_sizes,
-        inputs="dataset" if dataset is not None else "generated", samples=len(next(iter(samples.values()))),
+        inputs="dataset" if ws.data.from_dataset else "generated", samples=len(ws.data.eval),
+        train_samples=len(ws.data.train) if ws.data.from_dataset and job.recipe.trains else 0,
     )
-    report = build(job.id, baseline, candidates, recipe.goals, measurement)
-    artifacts = {}
-    for c in candidates:
-        stem = "model" if c.id == report.recommended else c.id
-        c.artifact = f"{stem}.onnx"
-        artifacts[c.artifact] = files[c.id]
-        if program is not None:
-            checkpoint(total - 1, total, f"writing {stem}.pt2")
-            pt2 = _as_program(files[c.id], workdir / f"{stem}.pt2", model, samples, c)
+    result = None if c.trials.searching or c.first_end not in done else c.first_end
+    report = build(job.id, c.baseline, candidates, job.recipe.goals, measurement, result)
+    report.failures = [Failure(id=n, steps=c.plan.nodes[n].steps, **failed[n]) for n in c.plan.nodes if n in failed]
+    if c.trials.searching:
+        s = job.recipe.search
+        report.search = SearchSummary(sampler=s.sampler, space_size=s.size, trials=c.trials.asked,
+                                      candidates=len(candidates), failed=len(failed), skipped=len(c.skipped),
+                                      stopped=c.stopped)
+    artifacts = _artifacts(c, report, model, ws)
+    page = ws.workdir / "report.html"
+    page.write_text(render(report, f"{job.id} ({job.recipe.name})"))
+    artifacts["report.html"] = page
+    return Outcome(report, artifacts)
+
+
+def _artifacts(c: Coordinator, report: Report, model: ModelRecord, ws: Workspace) -> dict[str, Path | Stored]:
+    artifacts: dict[str, Path | Stored] = {}
+    for cand in report.candidates:
+        stem = "model" if cand.id == report.recommended else cand.id
+        cand.artifact = f"{stem}.onnx"
+        artifacts[cand.artifact] = Stored(ws.shared + f"{cand.id}.onnx")
+        if model.format == "pt2":
+            c.checkpoint(1, 1, f"writing {stem}.pt2")
+            pt2 = _as_program(ws.local(cand.id), ws.workdir / f"{stem}.pt2", model, ws.data.eval.inputs, cand)
             if pt2 is not None:
                 artifacts[pt2.name] = pt2
-    checkpoint(total - 1, total, "uploading the results")
-    return Outcome(report, artifacts)
+    return artifacts
 
 
 def _as_program(onnx_path: Path, out: Path, model: ModelRecord, samples, candidate: Candidate) -> Path | None:
@@ -109,3 +205,6 @@ def _as_program(onnx_path: Path, out: Path, model: ModelRecord, samples, candida
         return None
     candidate.artifact_pt2 = path.name
     return path
+
+
+__all__ = ["BASELINE", "Outcome", "Stored", "run_recipe"]

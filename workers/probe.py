@@ -29,31 +29,65 @@ def _feed(arrays: dict[str, np.ndarray], start: int, rows: int) -> dict[str, np.
     return {k: v[idx] for k, v in arrays.items()}
 
 
-def _session(spec: dict):
+def _onnxruntime(spec: dict):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = spec["threads"]
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(spec["model"], opts, providers=spec["providers"])
+    session = ort.InferenceSession(spec["model"], opts, providers=spec["providers"])
+    return (lambda feed: session.run(None, feed)), session.get_providers()
 
 
-def _evaluate(session, arrays, chunk: int, fixed: bool) -> list[np.ndarray]:
+def _torch(spec: dict):
+    """The ONNX graph run by torch eager (workers/torchconv.py), on the target's device."""
+    import onnx
+    import torch
+
+    from workers.torchconv import OnnxModule
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device("cuda" if spec.get("device") == "cuda" and torch.cuda.is_available() else "cpu")
+    module = OnnxModule(onnx.load(spec["model"])).eval().to(device)
+
+    def run(feed):
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(feed[n])).to(device) for n in module.input_names])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return [o.cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+    return run, [f"torch {torch.__version__} eager ({device.type})"]
+
+
+def _runner(spec: dict):
+    """(run, providers, note): torch eager when the target asks for it and the graph allows it."""
+    if spec.get("runtime") == "torch":
+        from workers.torchconv import UnsupportedOp
+
+        try:
+            return (*_torch(spec), None)
+        except UnsupportedOp as e:
+            return (*_onnxruntime(spec), f"not runnable on torch eager ({e}): measured on onnxruntime")
+    return (*_onnxruntime(spec), None)
+
+
+def _evaluate(run, arrays, chunk: int, fixed: bool) -> list[np.ndarray]:
     """Outputs for every sample, `chunk` at a time (a fixed batch size drops the incomplete tail)."""
     n = len(next(iter(arrays.values())))
     stop = n - n % chunk if fixed else n
-    pieces = [session.run(None, {k: v[i : i + chunk] for k, v in arrays.items()}) for i in range(0, stop, chunk)]
+    pieces = [run({k: v[i : i + chunk] for k, v in arrays.items()}) for i in range(0, stop, chunk)]
     return [np.concatenate([p[i] for p in pieces]) for i in range(len(pieces[0]))] if pieces else []
 
 
-def _time(session, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
+def _time(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
     feed = _feed(arrays, 0, batch)
     for _ in range(warmup):
-        session.run(None, feed)
+        run(feed)
     times = []
     for _ in range(repeats):
         t = time.perf_counter_ns()
-        session.run(None, feed)
+        run(feed)
         times.append((time.perf_counter_ns() - t) / 1e6)
     return times
 
@@ -61,16 +95,16 @@ def _time(session, arrays, batch: int, warmup: int, repeats: int) -> list[float]
 def measure(spec: dict) -> dict:
     arrays = dict(np.load(spec["inputs"], allow_pickle=False))
     rss_before = _status_kb("VmRSS")
-    session = _session(spec)
+    run, providers, note = _runner(spec)
     fixed = spec.get("fixed_batch")
-    outputs = _evaluate(session, arrays, fixed or 32, bool(fixed))
+    outputs = _evaluate(run, arrays, fixed or 32, bool(fixed))
     np.savez(spec["outputs"], *outputs)
-    latency, skipped = {}, []
+    latency, notes = {}, [note] if note else []
     for batch in spec["batch_sizes"]:
         if fixed and batch != fixed:
-            skipped.append(f"batch {batch}: the model's batch dimension is fixed at {fixed}")
+            notes.append(f"batch {batch}: the model's batch dimension is fixed at {fixed}")
             continue
-        times = _time(session, arrays, batch, spec["warmup"], spec["repeats"])
+        times = _time(run, arrays, batch, spec["warmup"], spec["repeats"])
         p50, p90, p99 = np.percentile(times, [50, 90, 99])
         latency[str(batch)] = {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
     last = max(latency, key=int) if latency else None
@@ -78,8 +112,8 @@ def measure(spec: dict) -> dict:
         "latency_ms": latency,
         "throughput_per_s": int(last) / (latency[last]["p50"] / 1000) if last else None,
         "peak_memory_bytes": max(0, _status_kb("VmHWM") - rss_before) * 1024,
-        "providers": session.get_providers(),
-        "notes": skipped,
+        "providers": providers,
+        "notes": notes,
     }
 
 

@@ -54,20 +54,36 @@ def vs_baseline(c: Candidate, base: Candidate) -> VsBaseline:
                       quality_delta=delta)
 
 
+SLOWER = 1.02  # p50 above the baseline's by more than this factor is reported as a regression
+
+
+def regressions(c: Candidate, base: Candidate) -> list[str]:
+    """Where the candidate measured slower than the baseline: never silent."""
+    found = []
+    for batch, lat in c.metrics.latency_ms.items():
+        ref = base.metrics.latency_ms.get(batch)
+        if ref and lat.p50 > ref.p50 * SLOWER:
+            found.append(f"p50 latency at batch {batch}: {lat.p50 / ref.p50:.2f}x the baseline's "
+                         f"({lat.p50:.3f} ms vs {ref.p50:.3f} ms)")
+    return found
+
+
 def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: list[Goal],
-          measurement: Measurement) -> Report:
+          measurement: Measurement, result: str | None = None) -> Report:
+    """`result`: the candidate the recipe's own steps produced, recommended when there are no goals."""
     for c in [baseline, *candidates]:
         c.goals = G.evaluate(c, baseline, goals)
         c.goals_met = all(r.met for r in c.goals)
         c.vs_baseline = vs_baseline(c, baseline)
+        c.regressions = regressions(c, baseline) if c is not baseline else []
     objs = G.objectives(goals)
     meeting = [c for c in [baseline, *candidates] if c.goals_met]
     if not candidates:
         best = baseline
-    elif goals:
+    elif goals or result is None:
         best = G.recommend(candidates, objs)
     else:  # no goals: the recipe's result is what was asked for
-        best = candidates[-1]
+        best = next(c for c in candidates if c.id == result)
     return Report(
         job_id=job_id,
         environment=environment(),
@@ -77,4 +93,5 @@ def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: 
         frontier=[c.id for c in G.frontier(meeting, objs)],
         recommended=best.id,
         goals_met=best.goals_met,
+        regressions=[c.id for c in candidates if c.regressions],
     )

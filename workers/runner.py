@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import time
 from functools import lru_cache
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -20,9 +22,16 @@ from core.job import Artifact, Job, JobError, JobStatus, Progress
 from core.jobstore import JobStore, redis_client
 from core.objectstore import ObjectStore, job_prefix
 from core.settings import Settings, get_settings
-from workers.pipeline import run_recipe
+from workers import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
+from workers.fleet import Fleet
+from workers.pipeline import Stored, run_recipe
+from workers.webhooks import notify
+from workers.workspace import attach, run_node
 
 log = logging.getLogger("pareto.worker")
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"}
+OCTETS = "application/octet-stream"
+HELPER_IDLE_S = 10  # a helper waits this long for a node to become ready before it leaves
 
 
 class _Skip(Exception):
@@ -52,18 +61,25 @@ def _claim(jobs: JobStore, job_id: str, max_attempts: int) -> Job | None:
         job = jobs.update(job_id, claim)
     except _Skip:
         return None
+    if job.status.terminal:  # this delivery ended it (worker_lost)
+        notify(job, get_settings())
     return job if job.status is JobStatus.running else None
 
 
 def _finish(jobs: JobStore, job_id: str, status: JobStatus, **changes) -> None:
+    moved = [False]  # whether this call ended the job (then it sends the callback)
+
     def finish(job: Job) -> Job:
+        moved[0] = not job.status.terminal
         if job.status.terminal:
             return job
         if status is JobStatus.succeeded and job.cancel_requested:
             return job.moved_to(JobStatus.cancelled)
         return job.moved_to(status, **changes)
 
-    jobs.update(job_id, finish)
+    job = jobs.update(job_id, finish)
+    if moved[0]:
+        notify(job, get_settings())
 
 
 def run_job(tenant: str, job_id: str) -> None:
@@ -110,19 +126,18 @@ def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore,
     model = assets.load(job.tenant, "models", job.model_id)
     source = objects.download_file(assets.file_key(job.tenant, "models", model.id, "model"),
                                    workdir / f"source.{model.format}")
-    dataset = None
-    if job.dataset_id:
-        assets.load(job.tenant, "datasets", job.dataset_id)
-        dataset = objects.download_file(assets.file_key(job.tenant, "datasets", job.dataset_id, "data.npz"),
-                                        workdir / "dataset.npz")
-    outcome = run_recipe(job, model, source, dataset, workdir, settings, checkpoint)
+    outcome = run_recipe(job, model, source, workdir, settings, checkpoint, objects, jobs.r)
 
     prefix = job_prefix(job.tenant, job.id)
     stored = []
-    for name, path in outcome.artifacts.items():  # deterministic keys: a rerun overwrites
+    for name, item in outcome.artifacts.items():  # deterministic keys: a rerun overwrites
         key = f"{prefix}artifacts/{name}"
-        sha256 = objects.upload_file(key, path)
-        stored.append(Artifact(name=name, key=key, size_bytes=path.stat().st_size, sha256=sha256))
+        if isinstance(item, Stored):
+            size, sha256 = objects.copy(item.key, key)
+        else:
+            size, sha256 = item.stat().st_size, objects.upload_file(key, item, CONTENT_TYPES.get(item.suffix,
+                                                                                                 OCTETS))
+        stored.append(Artifact(name=name, key=key, size_bytes=size, sha256=sha256))
     report = outcome.report.model_dump(mode="json")
     report_path = workdir / "report.json"
     report_path.write_text(json.dumps(report, indent=2))
@@ -130,3 +145,44 @@ def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore,
     stored.append(Artifact(name="report.json", key=f"{prefix}report.json",
                            size_bytes=report_path.stat().st_size, sha256=sha256))
     return stored
+
+
+def help_job(tenant: str, job_id: str, attempt: int) -> None:
+    """A helper task: runs the job's ready candidates on this worker until none is left."""
+    settings, jobs, objects = _stores()
+    job = jobs.load(job_id)
+    if job is None or job.tenant != tenant or job.status is not JobStatus.running or job.attempts != attempt:
+        return
+    fleet = Fleet(jobs.r, job_id, attempt, settings.node_lease_s)
+    workdir = settings.job_work_dir / f"{job_id}-helper-{os.getpid()}"
+    try:
+        help_run(job, fleet, settings, jobs, objects, workdir)
+    except JobCancelled:
+        pass
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def help_run(job: Job, fleet: Fleet, settings: Settings, jobs: JobStore, objects: ObjectStore, workdir) -> None:
+    def checkpoint(_message: str) -> None:  # the coordinator reports progress; helpers only stop
+        current = jobs.load(job.id)
+        if current is None or current.cancel_requested or current.status is not JobStatus.running:
+            raise JobCancelled()
+
+    ws, idle_since = None, time.monotonic()
+    while not fleet.closed() and time.monotonic() - idle_since < HELPER_IDLE_S:
+        node = fleet.take()
+        if node is None:
+            time.sleep(0.3)
+            continue
+        checkpoint("")
+        if ws is None:
+            model = AssetStore(objects).load(job.tenant, "models", job.model_id)
+            ws = attach(job, model, settings, objects, workdir)
+        try:
+            run_node(ws, fleet, node, checkpoint)
+        except JobCancelled:
+            raise
+        except ParetoError as e:
+            fleet.fail(node, e.code, e.message)
+        idle_since = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -429,12 +430,15 @@ class OnnxModule(torch.nn.Module):
         for t in g.initializer:
             self._add_constant(t.name, numpy_helper.to_array(t))
         self.nodes = []
+        self.node_names: list[str] = []
         for n in g.node:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             if n.op_type == "Constant":
                 self._add_constant(n.output[0], _constant_value(attrs))
                 continue
             self.nodes.append((n.op_type, list(n.input), list(n.output), attrs))
+            self.node_names.append(n.name)
+        self.hooks: dict[int, dict[int, Callable]] = {}  # node index -> {input position: transform} (QAT)
         inits = {t.name for t in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
@@ -468,8 +472,11 @@ class OnnxModule(torch.nn.Module):
             env[name] = self.weights[key]
         for name, v in self.consts.items():
             env[name] = getattr(self, v) if isinstance(v, str) else v
-        for op, ins, outs, attrs in self.nodes:
-            result = _run_node(op, [env[i] if i else None for i in ins], attrs, len(outs))
+        for index, (op, ins, outs, attrs) in enumerate(self.nodes):
+            args = [env[i] if i else None for i in ins]
+            for position, transform in self.hooks.get(index, {}).items():
+                args[position] = transform(args[position])
+            result = _run_node(op, args, attrs, len(outs))
             if len(outs) == 1:
                 env[outs[0]] = result
             else:

@@ -59,6 +59,6 @@ def latency(sess, samples: dict[str, np.ndarray], runs: int = RUNS) -> float:
 
 def compare(reference: Path, candidate: Path, ctx: StepContext) -> Trial:
     ref, cand = session(reference, ctx), session(candidate, ctx)
-    classification = ctx.labels is not None and np.issubdtype(ctx.labels.dtype, np.integer)
+    classification = ctx.data.task == "classification"
     fidelity = agreement(outputs(ref, ctx.samples), outputs(cand, ctx.samples), classification)
     return Trial(fidelity, latency(cand, ctx.samples))

@@ -6,7 +6,19 @@ from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator, Discriminator, PlainSerializer, Tag
 
-from core.steps import cluster, drop_layers, factorize, optimize_graph, prune, quantize  # noqa: F401  (register)
+from core.steps import (  # noqa: F401  (register the steps)
+    cluster,
+    distill,
+    drop_layers,
+    factorize,
+    finetune,
+    grow,
+    optimize_graph,
+    prune,
+    qat,
+    quantize,
+    swap_layers,
+)
 from core.steps.base import StepParams
 
 

@@ -32,9 +32,16 @@ class StepParams(BaseModel):
             raise TypeError(f"step {name!r} is registered twice")
         StepParams.registry[name] = cls
 
+    trains: ClassVar[bool] = False  # the step updates weights by training
+
     @property
     def needs_data(self) -> bool:
         """Whether these parameters need the job's dataset."""
+        return self.trains
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether these parameters need labels in the dataset."""
         return False
 
     def preflight(self, model, target) -> list[str]:
@@ -58,7 +65,8 @@ class StepParams(BaseModel):
         props.pop("step", None)
         for name, field in cls.model_fields.items():  # show default_factory defaults too
             if name in props and field.default_factory is not None:
-                props[name]["default"] = field.default_factory()
+                value = field.default_factory()
+                props[name]["default"] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
         if "required" in schema:
             schema["required"] = [r for r in schema["required"] if r != "step"]
         name = cls.model_fields["step"].default

@@ -46,6 +46,9 @@ class Quantize(StepParams):
     )
     exclude: list[str] = Field(default_factory=list, description="Node-name globs to keep in float.")
     min_fidelity: float = Field(0.99, gt=0, le=1, description="auto: the cosine / top-1 agreement to keep.")
+    fallback: bool = Field(True, description="int8: when the result misses the recipe's quality goals, rank the "
+                           "quantized layers by sensitivity and keep the most sensitive ones in float, one more at a "
+                           "time, until the goals hold (the report says which, or that it could not).")
 
     @model_validator(mode="after")
     def _combination(self) -> Quantize:

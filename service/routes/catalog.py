@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from core.errors import NotFound
 from core.recipes import builtin_names, builtin_recipe, builtin_recipes
+from core.registry import live
+from core.report import report_schema
 from core.steps import catalog
-from service.deps import TenantDep
+from service.deps import BackendsDep, TenantDep
 
 router = APIRouter(tags=["catalog"])
 
@@ -28,3 +30,15 @@ def read_recipe(name: str, tenant: TenantDep) -> dict:
 @router.get("/steps")
 def list_steps(tenant: TenantDep) -> list[dict]:
     return catalog()
+
+
+@router.get("/schemas/report")
+def read_report_schema(tenant: TenantDep) -> dict:
+    """The JSON Schema of report.json (versioned by its $id and schema_version)."""
+    return report_schema()
+
+
+@router.get("/workers")
+def list_workers(tenant: TenantDep, b: BackendsDep) -> list[dict]:
+    """The live workers and what they serve: queues, device, execution providers, GPU."""
+    return sorted(live(b.jobs.r), key=lambda w: w["name"])

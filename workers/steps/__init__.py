@@ -27,4 +27,16 @@ def apply_step(handle: ModelHandle, params: StepParams, ctx: StepContext) -> Mod
     return impl(handle, params, ctx)
 
 
-from workers.steps import cluster, drop_layers, factorize, optimize_graph, prune, quantize  # noqa: E402,F401
+from workers.steps import (  # noqa: E402,F401  (register the implementations)
+    cluster,
+    distill,
+    drop_layers,
+    factorize,
+    finetune,
+    grow,
+    optimize_graph,
+    prune,
+    qat,
+    quantize,
+    swap_layers,
+)

@@ -13,6 +13,7 @@ from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
 from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches
+from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
 from workers.trial import compare
 
@@ -25,14 +26,14 @@ def _excluded(path: Path, p: Quantize, extra_ops: tuple[str, ...] = ()) -> list[
             if n.name and (matches(n.name, p.exclude) or n.op_type in extra_ops)]
 
 
-def dynamic(src: Path, out: Path, p: Quantize) -> Path:
+def dynamic(src: Path, out: Path, p: Quantize, only: list[str] | None = None) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Conv is left out unless asked for: dynamic ConvInteger is several times slower than float on CPU.
     skip_conv = () if p.op_types and "Conv" in p.op_types else ("Conv",)
     quantize_dynamic(src, out, op_types_to_quantize=p.op_types, per_channel=p.per_channel,
                      weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(src, p, skip_conv),
-                     extra_options={"MatMulConstBOnly": True})
+                     nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True})
     return out
 
 
@@ -52,7 +53,7 @@ class _Calibration:
         pass
 
 
-def static(src: Path, out: Path, p: Quantize, ctx: StepContext) -> Path:
+def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | None = None) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -64,9 +65,10 @@ def static(src: Path, out: Path, p: Quantize, ctx: StepContext) -> Path:
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[p.method]
     quantize_static(
-        prepared, out, _Calibration(ctx.samples, p.calibration_samples), quant_format=QuantFormat.QDQ,
+        prepared, out, _Calibration(ctx.calibration, p.calibration_samples), quant_format=QuantFormat.QDQ,
         op_types_to_quantize=p.op_types, per_channel=p.per_channel, activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(prepared, p), calibrate_method=method,
+        weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(prepared, p), nodes_to_quantize=only,
+        calibrate_method=method,
         extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
                        "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
@@ -120,21 +122,31 @@ def bf16_weights(src: Path, out: Path) -> Path:
 @implements(Quantize)
 def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
     src, out = handle.onnx_path, ctx.path("quantized.onnx")
-    if p.mode == "dynamic":
-        return ModelHandle(dynamic(src, out, p))
-    if p.mode == "static":
-        if not ctx.from_dataset:
-            raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
-                                code="dataset_required")
-        return ModelHandle(static(src, out, p, ctx))
     if p.mode == "weight_only":
         return ModelHandle(weight_only(src, out, p))
     if p.mode == "float":
         return ModelHandle(float_storage(src, out, p))
-    return ModelHandle(auto(src, p, ctx))
+    if p.mode == "static" and not ctx.from_dataset:
+        raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
+                            code="dataset_required")
+    if p.mode == "auto":
+        out, mode = auto(src, p, ctx)
+        p = p.model_copy(update={"mode": mode})
+    else:
+        int8(src, out, p, ctx)
+    if p.fallback and quality_goals(ctx):
+        out = fallback(src, out, p, ctx)
+    return ModelHandle(out)
 
 
-def auto(src: Path, p: Quantize, ctx: StepContext) -> Path:
+def int8(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | None = None) -> Path:
+    """dynamic or static int8; `only`: quantize just these nodes (to measure one layer's sensitivity)."""
+    if p.mode == "dynamic":
+        return dynamic(src, out, p, only)
+    return static(src, out, p, ctx, only)
+
+
+def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, str]:
     """Each int8 mode that applies, measured on the target against the input model; the fastest that holds
     min_fidelity wins, else the most faithful. The choice and the figures go into the candidate's notes."""
     tried = {"dynamic": dynamic(src, ctx.path("auto-dynamic.onnx"), p.model_copy(update={"mode": "dynamic"}))}
@@ -148,9 +160,28 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> Path:
         results, key=lambda m: results[m].fidelity)
     ctx.notes.append("quantize auto chose " + chosen + ": " + "; ".join(
         f"{m} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms" for m, r in results.items()))
-    return tried[chosen]
+    return tried[chosen], chosen
 
 
 def _has_float_weights(path: Path) -> bool:
     model = onnx.load(str(path), load_external_data=False)
     return any(t.data_type in FLOAT_TYPES and len(t.dims) >= 2 for t in model.graph.initializer)
+
+
+def fallback(src: Path, quantized: Path, p: Quantize, ctx: StepContext) -> Path:
+    """Accuracy-aware fallback: when the int8 model misses the recipe's quality goals, the layers whose
+    quantization hurts most stay in float, as few as it takes."""
+    int8_ops = ("MatMul", "Gemm", "Attention", "Gather") if p.mode == "dynamic" else ("MatMul", "Gemm", "Conv")
+    if p.mode == "dynamic" and p.op_types and "Conv" in p.op_types:
+        int8_ops += ("Conv",)
+    model = onnx.load(str(src), load_external_data=False)
+    layers = [n.name for n in model.graph.node if n.name and n.op_type in int8_ops and not matches(n.name, p.exclude)]
+
+    def build(keep_float: list[str], tag: str) -> Path:
+        return int8(src, ctx.path(f"fallback-{tag}.onnx"), p.model_copy(update={"exclude": [*p.exclude, *keep_float]}),
+                    ctx)
+
+    def alone(layer: str) -> Path:
+        return int8(src, ctx.path("fallback-alone.onnx"), p, ctx, only=[layer])
+
+    return fallback_layers(src, quantized, layers, build, alone, ctx)

@@ -1,0 +1,129 @@
+"""What the benchmarks share: the reference models (built once into bench/.cache), and a chain of steps
+applied and measured exactly as a job does it (the same step implementations, the same probe process)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.assets import TensorSpec  # noqa: E402
+from core.recipe import Recipe, Target  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from workers.handle import ModelHandle, StepContext  # noqa: E402
+from workers.inputs import job_data  # noqa: E402
+from workers.measure import Bench, resolve_threads  # noqa: E402
+from workers.steps import apply_step  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+
+
+@dataclass
+class Reference:
+    name: str
+    onnx: Path
+    data: Path  # evaluation (and training) data
+    specs: list[TensorSpec]
+    quality: str  # what the table calls quality
+
+
+def digits_cnn() -> Reference:
+    from examples.reference import write_digits_cnn
+
+    folder = CACHE / "digits-cnn"
+    if not (folder / "digits-all.npz").exists():
+        write_digits_cnn(folder)
+    return Reference("digits CNN", folder / "digits-cnn.onnx", folder / "digits-all.npz",
+                     [TensorSpec(name="x", dtype="float32", shape=["batch", 1, 8, 8])], "accuracy")
+
+
+def minilm(sentences: int = 256) -> Reference:
+    from examples.reference import write_minilm
+
+    folder = CACHE / "minilm"
+    if not (folder / "sentences.npz").exists():
+        write_minilm(folder, sentences)
+    specs = [TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")]
+    return Reference("all-MiniLM-L6-v2", folder / "minilm.onnx", folder / "sentences.npz", specs, "cosine")
+
+
+@dataclass
+class Row:
+    model: str
+    label: str
+    size_bytes: int
+    latency: dict[str, float]  # batch -> p50 ms
+    quality: float
+    seconds: float
+
+
+def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[int], repeats: int,
+                  baseline_outputs=None) -> tuple[Row, list]:
+    """Applies `steps` to the reference model and measures the result like a job's candidate."""
+    recipe = Recipe.model_validate({"steps": steps or [{"optimize_graph": {"level": "basic"}}],
+                                    "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
+    data = job_data(ref.data, ref.specs, recipe)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    inputs = work / "inputs.npz"
+    np.savez(inputs, **data.eval.inputs)
+    target: Target = recipe.target
+    bench = Bench(work, inputs, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
+                  data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
+                  ["accuracy"] if data.task == "classification" else [], data.task == "classification")
+    handle, start = ModelHandle(ref.onnx), time.monotonic()
+    teachers = {"baseline": ref.onnx}
+    for i, step in enumerate(recipe.steps if steps else [], 1):
+        ctx = StepContext(workdir=work / f"s{i}", settings=Settings(), inputs=ref.specs, data=data,
+                          threads=bench.threads, teachers=dict(teachers))
+        handle = apply_step(handle, step, ctx)
+        teachers[str(i)] = handle.onnx_path
+    seconds = time.monotonic() - start
+    metrics, outputs, _ = bench.run(handle.onnx_path, baseline_outputs)
+    if ref.quality == "accuracy":
+        quality = metrics.quality.get("accuracy", float("nan"))
+    else:
+        quality = metrics.fidelity.cosine if metrics.fidelity else 1.0
+    row = Row(ref.name, label, metrics.size_bytes, {b: v.p50 for b, v in metrics.latency_ms.items()}, quality, seconds)
+    return row, outputs
+
+
+def table(rows: list[Row], batches: list[int]) -> str:
+    base = {}
+    speedups = " ".join(f"{'speedup b' + str(b):>11}" for b in batches)
+    lines = [f"{'model':18} {'candidate':34} {'x smaller':>9} {speedups} {'quality':>9} {'p50 ms b1':>9}"]
+    for r in rows:
+        b = base.setdefault(r.model, r)
+        speed = " ".join(f"{b.latency[str(x)] / r.latency[str(x)]:11.2f}" for x in batches)
+        lines.append(f"{r.model:18} {r.label:34} {b.size_bytes / r.size_bytes:9.2f} {speed} {r.quality:9.4f} "
+                     f"{r.latency[str(batches[0])]:9.3f}")
+    return "\n".join(lines)
+
+
+def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int], repeats: int,
+                 baseline_outputs=None, seconds: float = 0.0) -> tuple[Row, list]:
+    """Measures any ONNX file for `ref` (e.g. another tool's output) exactly as measure_chain measures a
+    candidate: the same evaluation data, Bench settings, probe process and quality figure."""
+    recipe = Recipe.model_validate({"steps": [{"optimize_graph": {"level": "basic"}}],
+                                    "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
+    data = job_data(ref.data, ref.specs, recipe)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    inputs = work / "inputs.npz"
+    np.savez(inputs, **data.eval.inputs)
+    target: Target = recipe.target
+    bench = Bench(work, inputs, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
+                  data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
+                  ["accuracy"] if data.task == "classification" else [], data.task == "classification")
+    metrics, outputs, _ = bench.run(Path(onnx_path), baseline_outputs)
+    if ref.quality == "accuracy":
+        quality = metrics.quality.get("accuracy", float("nan"))
+    else:
+        quality = metrics.fidelity.cosine if metrics.fidelity else 1.0
+    row = Row(ref.name, label, metrics.size_bytes, {b: v.p50 for b, v in metrics.latency_ms.items()}, quality, seconds)
+    return row, outputs

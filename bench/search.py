@@ -1,0 +1,66 @@
+"""The same 12-candidate search (prune ratio x quantize mode x distill on/off on the digits CNN) with one
+worker and with two, in one run, through the real service (embedded Valkey and SeaweedFS, the API, Celery
+workers): wall time of each and the ratio (target: two workers take <= 0.6x the time of one).
+
+    .venv/bin/python bench/search.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from harness import digits_cnn  # noqa: E402
+
+from cli import processes as P  # noqa: E402
+from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY  # noqa: E402
+from tests.stack import Stack, free_port, free_port_block, wait_job  # noqa: E402
+
+RECIPE = {"steps": [{"prune": {"method": "structured", "ratio": [0.3, 0.5, 0.7]}},
+                    {"distill": {"epochs": 5, "lr": 0.002}},
+                    {"quantize": {"mode": ["dynamic", "static"], "fallback": False}}],
+          "search": {"sampler": "grid", "max_trials": 12, "optional": ["distill"]},
+          "goals": [{"metric": "quality", "max_degradation": 0.02}, {"metric": "latency_p50_ms", "minimize": True}],
+          "target": {"batch_sizes": [1], "repeats": 20}}
+
+
+def run_search(root: Path, redis_url: str, s3_url: str, workers: int, ref) -> float:
+    stack = Stack.start(root / f"w{workers}", redis_url, s3_url, workers=workers, PARETO_INTRA_OP_THREADS=1)
+    try:
+        with stack.client() as api:
+            model = api.post("/v1/models", content=ref.onnx.read_bytes()).json()
+            data = api.post("/v1/datasets", content=ref.data.read_bytes()).json()
+            start = time.monotonic()
+            job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": data["id"],
+                                             "recipe": RECIPE}).json()
+            done = wait_job(api, job["id"], timeout=3600)
+            elapsed = time.monotonic() - start
+            assert done["status"] == "succeeded", done
+            report = api.get(f"/v1/jobs/{job['id']}/report").json()
+            print(f"  {workers} worker(s): {elapsed:.1f} s, {report['search']['trials']} trials, "
+                  f"{len(report['candidates'])} candidates, recommended {report['recommended']}", flush=True)
+            return elapsed
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    ref = digits_cnn()
+    root = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    valkey, redis_url = P.start_valkey(root, free_port())
+    weed, s3_url = P.start_seaweedfs(root, free_port_block(), DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY, "pareto")
+    try:
+        one = run_search(root, redis_url.replace("/0", "/1"), s3_url, 1, ref)
+        two = run_search(root, redis_url.replace("/0", "/2"), s3_url, 2, ref)
+    finally:
+        P.stop_all([valkey, weed], timeout=5)
+    print(f"\n1 worker {one:.1f} s, 2 workers {two:.1f} s: ratio {two / one:.2f} (target <= 0.60)")
+
+
+if __name__ == "__main__":
+    main()

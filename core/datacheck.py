@@ -1,0 +1,50 @@
+"""Checks a dataset against the model and the recipe at submit: every model input has an array of a
+compatible dtype and shape, and the labels the recipe's steps need are there."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.assets import DatasetRecord, ModelRecord
+from core.recipe import Recipe
+
+RESERVED = ("labels", "split")
+
+
+def _kind(dtype: str) -> str:
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        return dtype
+    return {"u": "i", "i": "i", "f": "f", "b": "b"}.get(kind, kind)
+
+
+def dataset_problems(dataset: DatasetRecord, model: ModelRecord, recipe: Recipe) -> list[str]:
+    arrays = {a.name: a for a in dataset.arrays}
+    problems = []
+    for spec in model.inputs:
+        array = arrays.get(spec.name)
+        if array is None:
+            problems.append(f"no array named {spec.name!r} for the model input of that name "
+                            f"(the dataset has {sorted(arrays)})")
+            continue
+        if _kind(array.dtype) != _kind(spec.dtype):
+            problems.append(f"{spec.name!r} is {array.dtype}; the model input takes {spec.dtype}")
+        if len(array.shape) != len(spec.shape):
+            problems.append(f"{spec.name!r} has shape {array.shape}; the model input has {len(spec.shape)} "
+                            f"dimensions ({spec.shape}, the first one the samples)")
+            continue
+        for axis, (got, want) in enumerate(zip(array.shape[1:], spec.shape[1:], strict=True), 1):
+            if isinstance(want, int) and want > 0 and got != want:
+                problems.append(f"{spec.name!r} has {got} in dimension {axis}; the model input needs {want}")
+    labels = arrays.get("labels")
+    if recipe.needs_labels and labels is None:
+        problems.append(f"steps {recipe.needs_labels} learn from labels: the dataset needs an array named 'labels'")
+    semi = [st.name for st in recipe.steps if getattr(st, "semi_supervised", False)]
+    if semi and (labels is None or _kind(labels.dtype) != "i"):
+        problems.append(f"steps {semi} learn from unlabeled data (labeled_fraction, pseudo_labels, consistency): "
+                        "that needs a classifier's integer 'labels' (-1 for unlabeled samples)")
+    split = arrays.get("split")
+    if split is not None and (len(split.shape) != 1 or _kind(split.dtype) != "i"):
+        problems.append("'split' must be a 1-D integer array (0 train, 1 eval)")
+    return problems

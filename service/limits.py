@@ -1,0 +1,117 @@
+"""Request limits enforced while the request streams in, before any route runs (pure ASGI middleware).
+
+- Bodies of everything but the two upload routes are read here, at most PARETO_MAX_JSON_BYTES: 413 as soon
+  as a declared or received size crosses it, without reading the rest. Uploads stream through to the
+  route, which enforces PARETO_MAX_UPLOAD_BYTES the same way (service/uploads.py).
+- A body that stalls for PARETO_BODY_IDLE_TIMEOUT_S between two chunks: 408 (a slow client cannot hold a
+  connection and a spool file forever).
+- A request other than an upload that has not started its answer within PARETO_REQUEST_TIMEOUT_S: 504
+  (a streamed answer, such as job events, may then go on).
+Header size and keep-alive are bounded by uvicorn (h11's 64 KiB incomplete-event limit, --timeout-keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from core.errors import RequestTimeout
+from core.settings import Settings
+from service.problems import problem
+
+UPLOAD_ROUTES = frozenset({"/v1/models", "/v1/datasets"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestLimits:
+    def __init__(self, app, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        s = self.settings
+        idle = s.body_idle_timeout_s
+        body_done = False
+
+        async def receive_with_timeout():
+            nonlocal body_done
+            if body_done:  # after the body: disconnect notices, wait as long as it takes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), idle)
+            except TimeoutError:
+                raise RequestTimeout(f"the request body stalled for more than {idle:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        if scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES:
+            return await self.app(scope, receive_with_timeout, send)
+
+        limit = s.max_json_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            return await self._refuse(scope, receive, send, 413, "payload_too_large", "Payload too large",
+                                      f"the request body ({int(declared)} bytes) is larger than {limit} bytes")
+        try:
+            replay = await self._read_body(receive_with_timeout, limit)
+        except _TooLarge:
+            return await self._refuse(scope, receive, send, 413, "payload_too_large", "Payload too large",
+                                      f"the request body is larger than {limit} bytes")
+        except RequestTimeout as e:
+            return await self._refuse(scope, receive, send, 408, e.code, e.title, e.message)
+
+        answering = asyncio.Event()
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                answering.set()
+            await send(message)
+
+        # The limit is on the time to the first byte of the answer: a stream (job events) may go on.
+        task = asyncio.ensure_future(self.app(scope, replay, tracking_send))
+        waiter = asyncio.ensure_future(answering.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, timeout=s.request_timeout_s)
+        except asyncio.CancelledError:  # the server gave up on the request: so does the app
+            task.cancel()
+            raise
+        finally:
+            waiter.cancel()
+        if not done:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return await self._refuse(scope, receive, send, 504, "request_timeout", "Request timeout",
+                                      f"the request took longer than {s.request_timeout_s:g} s")
+        await task
+
+    @staticmethod
+    async def _read_body(receive, limit: int):
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                first = message
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise _TooLarge
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        pending = [first]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        return replay
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status, code, title, detail):
+        await problem(status, code, title, detail, headers={"Connection": "close"})(scope, receive, send)

@@ -1,0 +1,106 @@
+"""A job's work shared with the fleet, in Redis: the planned nodes, the ones ready to run, leases on the
+ones running (so that a node whose worker died is run again, not lost), and the results.
+
+The job's own task (the coordinator) and helper tasks on other workers all take ready nodes from the same
+list. Keys are scoped by the job's attempt, so a redelivered job starts a clean run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from workers.plan import BASELINE, Node
+
+KEY_TTL_S = 7 * 24 * 3600
+
+
+class Fleet:
+    def __init__(self, r: redis.Redis, job_id: str, attempt: int, lease_s: int = 60):
+        self.r, self.lease_s = r, lease_s  # a running node's lease, renewed while its step runs
+        self.prefix = f"pareto:fleet:{job_id}:{attempt}:"
+
+    def _k(self, name: str) -> str:
+        return self.prefix + name
+
+    # -- planning (coordinator)
+    def publish(self, nodes: list[Node]) -> None:
+        if not nodes:
+            return
+        pipe = self.r.pipeline()
+        pipe.hset(self._k("plan"), mapping={n.id: n.to_json() for n in nodes})
+        for name in ("plan", "ready", "leases", "done", "failed", "closed"):
+            pipe.expire(self._k(name), KEY_TTL_S)
+        pipe.execute()
+        runnable = [n.id for n in nodes if n.parent == BASELINE or self.r.hexists(self._k("done"), n.parent)]
+        if runnable:
+            self.r.rpush(self._k("ready"), *runnable)
+
+    def plan(self) -> dict[str, Node]:
+        return {k.decode(): Node.from_json(v) for k, v in self.r.hgetall(self._k("plan")).items()}
+
+    def close(self) -> None:
+        self.r.set(self._k("closed"), 1, ex=KEY_TTL_S)
+        self.r.delete(self._k("ready"))
+
+    def closed(self) -> bool:
+        return bool(self.r.exists(self._k("closed")))
+
+    def drop_waiting(self) -> list[str]:
+        """Stops everything not started yet (time or goals reached); the ids dropped."""
+        waiting = [i.decode() for i in self.r.lrange(self._k("ready"), 0, -1)]
+        self.r.delete(self._k("ready"))
+        return waiting
+
+    # -- running (any worker)
+    def take(self) -> Node | None:
+        node_id = self.r.lpop(self._k("ready"))
+        if node_id is None:
+            return None
+        node_id = node_id.decode()
+        self.renew(node_id)
+        raw = self.r.hget(self._k("plan"), node_id)
+        return Node.from_json(raw) if raw else None
+
+    def renew(self, node_id: str) -> None:
+        self.r.hset(self._k("leases"), node_id, time.time() + self.lease_s)
+
+    def finish(self, node: Node, candidate: dict) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(self._k("done"), node.id, json.dumps(candidate))
+        pipe.hdel(self._k("leases"), node.id)
+        pipe.execute()
+        children = [n.id for n in self.plan().values() if n.parent == node.id]
+        if children and not self.closed():
+            self.r.rpush(self._k("ready"), *children)
+
+    def fail(self, node: Node, code: str, message: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(self._k("failed"), node.id, json.dumps({"code": code, "message": message}))
+        pipe.hdel(self._k("leases"), node.id)
+        pipe.execute()
+
+    # -- watching (coordinator)
+    def done(self) -> dict[str, dict]:
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self._k("done")).items()}
+
+    def failed(self) -> dict[str, dict]:
+        return {k.decode(): json.loads(v) for k, v in self.r.hgetall(self._k("failed")).items()}
+
+    def running(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.r.hgetall(self._k("leases")).items()}
+
+    def requeue_expired(self) -> list[str]:
+        """Nodes whose worker stopped renewing its lease (it died): back in the ready list."""
+        now, lost = time.time(), []
+        for node_id, expires in self.running().items():
+            if expires < now and self.r.hdel(self._k("leases"), node_id):
+                lost.append(node_id)
+        if lost:
+            self.r.rpush(self._k("ready"), *lost)
+        return lost
+
+    def waiting(self) -> int:
+        return int(self.r.llen(self._k("ready")))
