@@ -54,6 +54,21 @@ def stack(services, tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def api(stack):
+    """A client of tenant A for the whole session."""
+    with stack.client("tenant-a") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def digits_job(api, digits_cnn):
+    """The digits CNN and all 1797 digits (its own train / held-out split marked in the dataset), uploaded."""
+    from tests.helpers import dataset, upload
+
+    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
+
+
 @pytest.fixture
 def client(stack):
     with stack.client("tenant-a") as c:

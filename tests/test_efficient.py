@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.test_improve import candidate, submit
-from tests.test_shrink import dataset, upload
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with stack.client("tenant-a") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def digits_job(api, digits_cnn):
-    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
+from tests.helpers import candidate, dataset, submit, upload
 
 
 def test_efficient_layers_and_distill(api, digits_job):

@@ -11,34 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
+from tests.helpers import artifacts, candidate, dataset, npz_bytes, submit, upload, wait_until
 from tests.stack import wait_job
-from tests.test_shrink import artifacts, dataset, upload
-
-FAST = {"batch_sizes": [1], "repeats": 10, "warmup": 2}
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with stack.client("tenant-a") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def digits_job(api, digits_cnn):
-    """The digits CNN and all 1797 digits (its own train / held-out split marked in the dataset)."""
-    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
-
-
-def submit(api, model, data, recipe, timeout=600, target=FAST) -> tuple[dict, dict]:
-    r = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": data, "recipe": recipe, "target": target})
-    assert r.status_code == 202, r.text
-    job = wait_job(api, r.json()["id"], timeout=timeout)
-    assert job["status"] == "succeeded", job
-    return job, api.get(f"/v1/jobs/{job['id']}/report").json()
-
-
-def candidate(report: dict, steps: list[str]) -> dict:
-    return next(c for c in report["candidates"] if [next(iter(s)) for s in c["steps"]] == steps)
 
 
 def test_shrink_and_improve_recovers_what_the_shrink_lost(api, digits_job):
@@ -107,18 +81,6 @@ def test_training_reports_epochs_and_stops_when_cancelled(api, digits_job):
     assert done["status"] == "cancelled"
 
 
-def wait_until(api, job_id, predicate, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} never matched: {job}")
-
-
 @pytest.mark.slow
 def test_minilm_half_depth_student_learns_from_the_teacher(api, minilm):
     model = upload(api, minilm["onnx"], "onnx")
@@ -132,12 +94,6 @@ def test_minilm_half_depth_student_learns_from_the_teacher(api, minilm):
 
 
 # -- bad datasets ---------------------------------------------------------------------------------------------
-def npz_bytes(**arrays) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def test_bad_dataset_files_are_refused_at_upload(api, digits_cnn):
     good = digits_cnn["all"].read_bytes()
     bomb = io.BytesIO()

@@ -11,20 +11,8 @@ import jsonschema
 import pytest
 
 from core.recipes import builtin_names
+from tests.helpers import artifacts, submit
 from tests.stack import wait_job
-from tests.test_improve import submit
-from tests.test_shrink import artifacts, dataset, upload
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with stack.client("tenant-a") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def digits_job(api, digits_cnn):
-    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import time
 import pytest
 import redis
 
+from tests.helpers import dataset, submit, upload
 from tests.stack import wait_job
-from tests.test_improve import submit
-from tests.test_shrink import dataset, upload
 
 SPACE = {"steps": [{"prune": {"method": "structured", "ratio": [0.3, 0.5, 0.7]}},
                    {"distill": {"epochs": 2, "lr": 0.002}},
@@ -18,17 +17,6 @@ SPACE = {"steps": [{"prune": {"method": "structured", "ratio": [0.3, 0.5, 0.7]}}
          "search": {"sampler": "grid", "max_trials": 12, "optional": ["distill"]},
          "goals": [{"metric": "quality", "max_degradation": 0.05},
                    {"metric": "latency_p50_ms", "minimize": True}, {"metric": "size_bytes", "minimize": True}]}
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with stack.client("tenant-a") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def digits_job(api, digits_cnn):
-    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
 
 
 def objectives(c: dict) -> tuple[float, float, float]:
