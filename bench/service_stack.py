@@ -28,7 +28,7 @@ def private_stack(workers: int = 0, **settings) -> Iterator[Stack]:
         seaweed, s3_url = P.start_seaweedfs(root / "infra", free_port_block(), DEV_S3_ACCESS_KEY,
                                             DEV_S3_SECRET_KEY, "pareto")
         infra.append(seaweed)
-        s = Stack.start(root / "stack", redis_url, s3_url, workers=workers, **settings)
+        s = Stack.start(root / "stack", redis_url, s3_url, workers=workers, **{"S3_BUCKET": "pareto", **settings})
         yield s
     finally:
         if s is not None:

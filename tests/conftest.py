@@ -45,7 +45,7 @@ def services(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(services, tmp_path_factory):
     redis_url, s3_url, _ = services
-    s = Stack.start(tmp_path_factory.mktemp("stack"), redis_url, s3_url, workers=1,
+    s = Stack.start(tmp_path_factory.mktemp("stack"), redis_url, s3_url, workers=1, S3_BUCKET="pareto",
                     PARETO_MAX_UPLOAD_BYTES=MAX_UPLOAD_BYTES, PARETO_WEBHOOK_SECRET=WEBHOOK_SECRET,
                     PARETO_TARGET_WAIT_S=10,
                     PARETO_WEBHOOK_ALLOWLIST="127.0.0.1",

@@ -42,6 +42,14 @@ def free_port_block() -> int:
     raise RuntimeError("no free block of ports for SeaweedFS")
 
 
+def make_bucket(s3_url: str, name: str) -> str:
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_url, aws_access_key_id=DEV_S3_ACCESS_KEY,
+                 aws_secret_access_key=DEV_S3_SECRET_KEY, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
 @dataclass
 class Stack:
     """An API and workers on given Redis / S3, with two tenants."""
@@ -55,7 +63,11 @@ class Stack:
 
     @classmethod
     def start(cls, root: Path, redis_url: str, s3_url: str, workers: int = 1, **settings: str) -> Stack:
+        """`S3_BUCKET` defaults to a bucket of the stack's own: an API that starts on an empty Redis rebuilds
+        job records from the manifests in its bucket, and must not adopt another stack's jobs."""
         keys = {"tenant-a": secrets.token_urlsafe(16), "tenant-b": secrets.token_urlsafe(16)}
+        if "S3_BUCKET" not in settings:
+            settings["S3_BUCKET"] = make_bucket(s3_url, f"pareto-{secrets.token_hex(4)}")
         env = {
             "REDIS_URL": redis_url, "S3_ENDPOINT_URL": s3_url,
             "AWS_ACCESS_KEY_ID": DEV_S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": DEV_S3_SECRET_KEY,

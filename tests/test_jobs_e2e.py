@@ -95,7 +95,7 @@ def test_int8_end_to_end(client, digits, services):
                       aws_secret_access_key=DEV_S3_SECRET_KEY, region_name="us-east-1")
     manifest = json.loads(s3.get_object(Bucket="pareto", Key=f"tenant-a/jobs/{job['id']}/job.json")["Body"].read())
     assert manifest["status"] == "succeeded" and manifest["tenant"] == "tenant-a"
-    assert manifest["finished_at"] and len(manifest["artifacts"]) == 2
+    assert manifest["finished_at"] and len(manifest["artifacts"]) == 3
 
 
 def test_model_without_dataset_uses_generated_inputs(client, digits):
