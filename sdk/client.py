@@ -21,13 +21,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
 
+from core.api import ArtifactLink, JobPage
 from core.assets import DatasetRecord, ModelRecord
 from core.job import Job
 from core.recipe import Recipe, Target
@@ -39,20 +39,6 @@ from sdk.transport import Transport
 CHUNK = 1024 * 1024
 STREAM_READ_TIMEOUT_S = 60.0  # the event stream sends a heartbeat every 15 s
 Progress = Callable[[Job], None]
-
-
-class ArtifactLink(BaseModel):
-    name: str
-    size_bytes: int
-    sha256: str
-    url: str
-    expires_at: str
-
-
-@dataclass
-class JobPage:
-    items: list[Job]
-    next_cursor: str | None
 
 
 def as_job(data: dict) -> Job:
@@ -144,7 +130,7 @@ class Client:
     def jobs(self, status: str | None = None, limit: int = 20, cursor: str | None = None) -> JobPage:
         params = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v is not None}
         page = self.http.request("GET", "/v1/jobs", params=params).json()
-        return JobPage([as_job(j) for j in page["items"]], page.get("next_cursor"))
+        return JobPage(items=[as_job(j) for j in page["items"]], next_cursor=page.get("next_cursor"))
 
     def cancel(self, job_id: str) -> Job:
         return as_job(self.http.request("POST", f"/v1/jobs/{job_id}/cancel").json())

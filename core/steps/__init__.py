@@ -6,20 +6,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import BeforeValidator, Discriminator, PlainSerializer, Tag
 
-from core.steps import (  # noqa: F401  (register the steps)
-    cluster,
-    distill,
-    drop_layers,
-    factorize,
-    finetune,
-    grow,
-    optimize_graph,
-    prune,
-    qat,
-    quantize,
-    swap_layers,
-)
-from core.steps.base import StepParams
+from core.steps.base import StepParams, register_package
+
+register_package(__name__, __path__)  # every module of this package defines one step
 
 
 def _tagged(item: Any) -> Any:

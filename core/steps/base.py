@@ -7,11 +7,22 @@ the parameters live here so the gateway can validate recipes without importing t
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 MODEL_FORMATS = ("onnx", "pt2")
+SHARED = {"base", "common", "training"}  # modules of shared parameters, not steps
+
+
+def register_package(package: str, path) -> None:
+    """Imports every step module of a package (core.steps, workers.steps): importing one registers it, so
+    adding a technique is adding a module."""
+    for module in pkgutil.iter_modules(path):
+        if module.name not in SHARED:
+            importlib.import_module(f"{package}.{module.name}")
 
 
 class StepParams(BaseModel):

@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from core.api import ArtifactLink, DryRun, JobCreate, JobPage
 from core.assets import AssetStore
 from core.callbacks import check_callback_url
 from core.datacheck import dataset_problems
@@ -27,29 +28,6 @@ from service.deps import Backends, BackendsDep, TenantDep
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("pareto.api")
 IDEMPOTENCY_TTL_S = 24 * 3600
-
-
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model_id: str
-    dataset_id: str | None = None
-    recipe: str | dict[str, Any] = Field(description="A built-in recipe's name, or an inline recipe.")
-    target: Target | None = Field(None, description="Overrides the recipe's target.")
-    callback_url: str | None = Field(None, max_length=2000)
-
-
-class JobPage(BaseModel):
-    items: list[Job]
-    next_cursor: str | None = None
-
-
-class ArtifactLink(BaseModel):
-    name: str
-    size_bytes: int
-    sha256: str
-    url: str
-    expires_at: str
 
 
 def resolve_recipe(spec: str | dict[str, Any], target: Target | None) -> Recipe:
@@ -87,17 +65,6 @@ def _idempotent(b: Backends, tenant: str, key: str | None, job_id: str) -> str |
     if b.jobs.r.set(slot, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
         return None
     return b.jobs.r.get(slot).decode()
-
-
-class DryRun(BaseModel):
-    dry_run: bool = True
-    recipe: Recipe
-    trials: int = Field(description="paths (recipes) the job will try")
-    candidates: int = Field(description="models it will make and measure (shared prefixes counted once)")
-    measurements: int
-    training_epochs: int
-    estimate_s: float
-    estimate_note: str
 
 
 @router.post("/jobs", status_code=202, response_model=Job | DryRun)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from core.errors import InvalidRecipe
 from core.steps import StepParams
+from core.steps.base import register_package
 from workers.handle import ModelHandle, StepContext
 
 Apply = Callable[[ModelHandle, StepParams, StepContext], ModelHandle]
@@ -27,16 +28,4 @@ def apply_step(handle: ModelHandle, params: StepParams, ctx: StepContext) -> Mod
     return impl(handle, params, ctx)
 
 
-from workers.steps import (  # noqa: E402,F401  (register the implementations)
-    cluster,
-    distill,
-    drop_layers,
-    factorize,
-    finetune,
-    grow,
-    optimize_graph,
-    prune,
-    qat,
-    quantize,
-    swap_layers,
-)
+register_package(__name__, __path__)  # every module of this package implements one step
