@@ -13,13 +13,14 @@ from collections.abc import Iterator
 import numpy as np
 
 
-def command_line(description: str, modes: tuple[str, ...] = ()) -> argparse.Namespace:
+def command_line(description: str, choices: dict[str, tuple[str, ...]] | None = None) -> argparse.Namespace:
+    """MODEL CALIBRATION OUTPUT, plus options that each pick one of a few values (the first is the default)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("model", help="fp32 ONNX model to quantize")
     ap.add_argument("calibration", help=".npz: one array per model input, first axis = samples")
     ap.add_argument("output", help="where to write the quantized ONNX model (one file, no external data)")
-    if modes:
-        ap.add_argument("--mode", choices=modes, default=modes[0])
+    for option, values in (choices or {}).items():
+        ap.add_argument(option, choices=values, default=values[0])
     return ap.parse_args()
 
 

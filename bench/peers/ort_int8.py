@@ -24,7 +24,7 @@ class Samples(CalibrationDataReader):
 
 
 def main() -> None:
-    args = command_line(__doc__, modes=("dynamic", "static"))
+    args = command_line(__doc__, {"--mode": ("dynamic", "static")})
     if args.mode == "dynamic":
         quantize_dynamic(args.model, args.output)
     else:
