@@ -47,7 +47,7 @@ def digits_cnn() -> Reference:
 def minilm(sentences: int = 256) -> Reference:
     from examples.reference import write_minilm
 
-    folder = CACHE / "minilm"
+    folder = CACHE / "minilm-v2"
     if not (folder / "sentences.npz").exists():
         write_minilm(folder, sentences)
     specs = [TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")]

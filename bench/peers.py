@@ -276,7 +276,8 @@ def shortfalls(pareto: Row, peer: Row) -> list[str]:
             noise = " (within run-to-run noise)" if mine / theirs < 1 + NOISE else ""
             found.append(f"p50 b{b} {mine / theirs:.2f}x the peer's ({mine:.3f} vs {theirs:.3f} ms){noise}")
     if pareto.size_bytes > peer.size_bytes:
-        found.append(f"size {pareto.size_bytes / peer.size_bytes:.2f}x the peer's")
+        extra = (pareto.size_bytes - peer.size_bytes) / 1024
+        found.append(f"size {pareto.size_bytes / peer.size_bytes:.3f}x the peer's (+{extra:.1f} KiB)")
     return found
 
 

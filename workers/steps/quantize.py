@@ -130,8 +130,7 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
                             code="dataset_required")
     if p.mode == "auto":
-        out, mode = auto(src, p, ctx)
-        p = p.model_copy(update={"mode": mode})
+        out, p = auto(src, p, ctx)
     else:
         int8(src, out, p, ctx)
     if p.fallback and quality_goals(ctx):
@@ -146,21 +145,34 @@ def int8(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | 
     return static(src, out, p, ctx, only)
 
 
-def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, str]:
-    """Each int8 mode that applies, measured on the target against the input model; the fastest that holds
-    min_fidelity wins, else the most faithful. The choice and the figures go into the candidate's notes."""
-    tried = {"dynamic": dynamic(src, ctx.path("auto-dynamic.onnx"), p.model_copy(update={"mode": "dynamic"}))}
-    if ctx.from_dataset and _has_float_weights(src):
-        ctx.checkpoint("quantize auto: calibrating static int8")
-        tried["static"] = static(src, ctx.path("auto-static.onnx"), p.model_copy(update={"mode": "static"}), ctx)
-    ctx.checkpoint("quantize auto: measuring the int8 modes")
-    results = {mode: compare(src, path, ctx) for mode, path in tried.items()}
-    holding = [m for m, r in results.items() if r.fidelity >= p.min_fidelity]
-    chosen = min(holding, key=lambda m: results[m].latency_ms) if holding else max(
-        results, key=lambda m: results[m].fidelity)
-    ctx.notes.append("quantize auto chose " + chosen + ": " + "; ".join(
-        f"{m} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms" for m, r in results.items()))
-    return tried[chosen], chosen
+TIE = 1.05  # latencies within 5 % of the fastest count as equal (run-to-run noise): the smaller file wins
+
+
+def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize]:
+    """Each int8 variant that applies (dynamic; static when there is a dataset; per channel and per tensor),
+    measured on the target against the input model. Among those that hold min_fidelity: the fastest, the
+    smaller file among equally fast ones; if none holds, the most faithful. The figures go into the notes."""
+    modes = ["dynamic", *(["static"] if ctx.from_dataset and _has_float_weights(src) else [])]
+    scales = [True, False] if p.per_channel else [False]
+    variants = {f"{m} per-{'channel' if c else 'tensor'}": p.model_copy(update={"mode": m, "per_channel": c})
+                for m in modes for c in scales}
+    built = {}
+    for label, variant in variants.items():
+        ctx.checkpoint(f"quantize auto: building {label}")
+        built[label] = int8(src, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
+    ctx.checkpoint("quantize auto: measuring the int8 variants")
+    results = {label: compare(src, path, ctx) for label, path in built.items()}
+    holding = [v for v, r in results.items() if r.fidelity >= p.min_fidelity]
+    if holding:
+        fastest = min(results[v].latency_ms for v in holding)
+        tied = [v for v in holding if results[v].latency_ms <= fastest * TIE]
+        chosen = min(tied, key=lambda v: (built[v].stat().st_size, -results[v].fidelity))
+    else:
+        chosen = max(results, key=lambda v: results[v].fidelity)
+    ctx.notes.append(f"quantize auto chose {chosen}: " + "; ".join(
+        f"{v} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms, {built[v].stat().st_size} bytes"
+        for v, r in results.items()))
+    return built[chosen], variants[chosen]
 
 
 def _has_float_weights(path: Path) -> bool:
