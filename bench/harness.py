@@ -64,9 +64,8 @@ class Row:
     seconds: float
 
 
-def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[int], repeats: int,
-                  baseline_outputs=None) -> tuple[Row, list]:
-    """Applies `steps` to the reference model and measures the result like a job's candidate."""
+def _bench(ref: Reference, steps: list[dict], batches: list[int], repeats: int):
+    """The job data and the Bench a job with `steps` on `ref` would have (the same split, the same probe)."""
     recipe = Recipe.model_validate({"steps": steps or [{"optimize_graph": {"level": "basic"}}],
                                     "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
     data = job_data(ref.data, ref.specs, recipe)
@@ -77,6 +76,23 @@ def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[i
     bench = Bench(work, inputs, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
                   data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
                   ["accuracy"] if data.task == "classification" else [], data.task == "classification")
+    return recipe, data, bench, work
+
+
+def _row(ref: Reference, label: str, bench: Bench, model: Path, baseline_outputs, seconds: float):
+    metrics, outputs, _ = bench.run(Path(model), baseline_outputs)
+    if ref.quality == "accuracy":
+        quality = metrics.quality.get("accuracy", float("nan"))
+    else:
+        quality = metrics.fidelity.cosine if metrics.fidelity else 1.0
+    latency = {b: v.p50 for b, v in metrics.latency_ms.items()}
+    return Row(ref.name, label, metrics.size_bytes, latency, quality, seconds), outputs
+
+
+def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[int], repeats: int,
+                  baseline_outputs=None) -> tuple[Row, list]:
+    """Applies `steps` to the reference model and measures the result like a job's candidate."""
+    recipe, data, bench, work = _bench(ref, steps, batches, repeats)
     handle, start = ModelHandle(ref.onnx), time.monotonic()
     teachers = {"baseline": ref.onnx}
     for i, step in enumerate(recipe.steps if steps else [], 1):
@@ -84,14 +100,31 @@ def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[i
                           threads=bench.threads, teachers=dict(teachers))
         handle = apply_step(handle, step, ctx)
         teachers[str(i)] = handle.onnx_path
-    seconds = time.monotonic() - start
-    metrics, outputs, _ = bench.run(handle.onnx_path, baseline_outputs)
-    if ref.quality == "accuracy":
-        quality = metrics.quality.get("accuracy", float("nan"))
-    else:
-        quality = metrics.fidelity.cosine if metrics.fidelity else 1.0
-    row = Row(ref.name, label, metrics.size_bytes, {b: v.p50 for b, v in metrics.latency_ms.items()}, quality, seconds)
-    return row, outputs
+    return _row(ref, label, bench, handle.onnx_path, baseline_outputs, time.monotonic() - start)
+
+
+def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int], repeats: int,
+                 baseline_outputs=None, seconds: float = 0.0) -> tuple[Row, list]:
+    """Measures any ONNX file for `ref` (e.g. another tool's output) exactly as measure_chain measures a
+    candidate: the same evaluation data, Bench settings, probe process and quality figure."""
+    _, _, bench, _ = _bench(ref, [], batches, repeats)
+    return _row(ref, label, bench, onnx_path, baseline_outputs, seconds)
+
+
+def run_configs(models, repeats: int, only: str | None, batches=(1, 32)) -> None:
+    """For each (key, reference builder, [(label, steps)]): every configuration measured, then the table."""
+    rows = []
+    for key, ref, configs in models:
+        if only and only != key:
+            continue
+        reference, outputs = ref(), None
+        for label, steps in configs:
+            row, out = measure_chain(reference, label, steps, list(batches), repeats, outputs)
+            outputs = outputs if outputs is not None else out
+            rows.append(row)
+            print(f"  measured {row.model}: {label} ({row.seconds:.1f} s to build)", flush=True)
+    print()
+    print(table(rows, list(batches)))
 
 
 def table(rows: list[Row], batches: list[int]) -> str:
@@ -106,24 +139,3 @@ def table(rows: list[Row], batches: list[int]) -> str:
     return "\n".join(lines)
 
 
-def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int], repeats: int,
-                 baseline_outputs=None, seconds: float = 0.0) -> tuple[Row, list]:
-    """Measures any ONNX file for `ref` (e.g. another tool's output) exactly as measure_chain measures a
-    candidate: the same evaluation data, Bench settings, probe process and quality figure."""
-    recipe = Recipe.model_validate({"steps": [{"optimize_graph": {"level": "basic"}}],
-                                    "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
-    data = job_data(ref.data, ref.specs, recipe)
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    inputs = work / "inputs.npz"
-    np.savez(inputs, **data.eval.inputs)
-    target: Target = recipe.target
-    bench = Bench(work, inputs, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
-                  data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
-                  ["accuracy"] if data.task == "classification" else [], data.task == "classification")
-    metrics, outputs, _ = bench.run(Path(onnx_path), baseline_outputs)
-    if ref.quality == "accuracy":
-        quality = metrics.quality.get("accuracy", float("nan"))
-    else:
-        quality = metrics.fidelity.cosine if metrics.fidelity else 1.0
-    row = Row(ref.name, label, metrics.size_bytes, {b: v.p50 for b, v in metrics.latency_ms.items()}, quality, seconds)
-    return row, outputs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness import digits_cnn, measure_chain, minilm, table
+from harness import digits_cnn, minilm, run_configs
 
 CNN = [
     ("baseline (fp32)", []),
@@ -51,18 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--only", choices=["cnn", "minilm"])
     args = ap.parse_args()
-    batches, rows = [1, 32], []
-    for which, ref, configs in (("cnn", digits_cnn, CNN), ("minilm", minilm, MINILM)):
-        if args.only and args.only != which:
-            continue
-        reference, outputs = ref(), None
-        for label, steps in configs:
-            row, out = measure_chain(reference, label, steps, batches, args.repeats, outputs)
-            outputs = outputs if outputs is not None else out
-            rows.append(row)
-            print(f"  measured {row.model}: {label} ({row.seconds:.1f} s to build)", flush=True)
-    print()
-    print(table(rows, batches))
+    run_configs([("cnn", digits_cnn, CNN), ("minilm", minilm, MINILM)], args.repeats, args.only)
 
 
 if __name__ == "__main__":
