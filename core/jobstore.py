@@ -129,7 +129,15 @@ class JobStore:
     def queued(self) -> list[Job]:
         """Every job still waiting for a worker, all tenants."""
         ids = [i.decode() for i in self._redis(lambda: self.r.smembers(QUEUED), "smembers")]
-        return [job for job in map(self.load, ids) if job is not None and job.status is JobStatus.queued]
+        return [job for job in map(self._load_or_skip, ids) if job is not None and job.status is JobStatus.queued]
+
+    def _load_or_skip(self, job_id: str) -> Job | None:
+        """One record that no longer reads (written by another version, say) must not stop a sweep."""
+        try:
+            return self.load(job_id)
+        except ValueError as e:  # pydantic's ValidationError and json's decode errors are ValueErrors
+            log.error("job record %s does not read: %s", job_id, e)
+            return None
 
     def transition(self, job_id: str, status: JobStatus, **changes) -> Job:
         return self.update(job_id, lambda job: job.moved_to(status, **changes))

@@ -76,7 +76,8 @@ class RequestLimits:
         task = asyncio.ensure_future(self.app(scope, replay, tracking_send))
         waiter = asyncio.ensure_future(answering.wait())
         try:
-            done, _ = await asyncio.wait({task, waiter}, timeout=s.request_timeout_s)
+            done, _ = await asyncio.wait({task, waiter}, timeout=s.request_timeout_s,
+                                        return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the server gave up on the request: so does the app
             task.cancel()
             raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import redis
@@ -105,3 +107,24 @@ def test_report_of_an_unfinished_job_is_409(client, digits):
     problem(client.get(f"/v1/jobs/{job['id']}/artifacts"), 409, "job_not_finished")
     client.post(f"/v1/jobs/{job['id']}/cancel")
     problem(client.get(f"/v1/jobs/{job['id']}/report"), 409, "job_has_no_results")
+
+
+def test_a_record_that_does_not_read_is_a_prompt_500_and_spares_the_others(client, stack, digits):
+    """A job record another version wrote, say: its own GET is a problem, answered at once; the sweep that
+    fails jobs no worker can serve goes on for the rest."""
+    store = redis.Redis.from_url(stack.env["REDIS_URL"])
+    model = upload_model(client, digits[0])
+    broken = client.post("/v1/jobs", json={"model_id": model["id"], "recipe": "int8",
+                                           "target": {"device": "cuda"}}).json()["id"]
+    waiting = client.post("/v1/jobs", json={"model_id": model["id"], "recipe": "int8",
+                                            "target": {"device": "cuda"}}).json()["id"]
+    original = store.get(f"pareto:job:{broken}")
+    record = json.loads(original)
+    record["recipe"]["steps"] = [{"drop_layers": {"keep_every": 2, "drop": [0]}}]
+    store.set(f"pareto:job:{broken}", json.dumps(record))
+    try:
+        problem(client.get(f"/v1/jobs/{broken}", timeout=15), 500, "internal_error")
+        job = wait_job(client, waiting, timeout=60)  # no GPU worker: the watchdog fails it
+        assert job["status"] == "failed" and job["error"]["code"] == "target_unavailable"
+    finally:
+        store.set(f"pareto:job:{broken}", original)

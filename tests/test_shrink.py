@@ -97,6 +97,25 @@ def test_two_of_four_sparsity_and_graph_optimization(api, cnn, fmt):
     assert abs(optimized["fidelity"]["cosine"] - sparse["fidelity"]["cosine"]) < 1e-5
 
 
+def test_exclusion_globs_keep_layers_in_float(api, cnn):
+    models, data, _ = cnn
+    job, _ = run_job(api, models["onnx"], data, [{"quantize": {"mode": "static", "exclude": ["*Gemm*"]}}])
+    graph = onnx.load_from_string(artifacts(api, job)["model.onnx"]).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert gemms and all(producers.get(n.input[1]) != "DequantizeLinear" for n in gemms)  # float weights
+    assert convs and all(producers.get(n.input[1]) == "DequantizeLinear" for n in convs)  # int8 weights
+
+
+def test_drop_layers_in_a_sequential_stack(api, digits):
+    model = upload(api, digits[0], "onnx")  # the digits MLP: its 1024 -> 1024 block can go
+    assert model["layers"] == 1
+    job, report = run_job(api, model, None, [{"drop_layers": {"drop": [0]}}])
+    assert metrics(report, "c1")["params"] < 0.1 * metrics(report, "baseline")["params"]
+    assert run_onnx(artifacts(api, job)["model.onnx"], {"x": np.zeros((2, 64), np.float32)}).shape == (2, 10)
+
+
 def test_int4_weight_only_on_matmul_weights(api, digits):
     model = upload(api, digits[0], "onnx")  # the digits MLP: 1.1 M MatMul weights
     job, report = run_job(api, model, None, [{"quantize": {"mode": "weight_only", "dtype": "int4"}}])

@@ -17,6 +17,25 @@ def test_steps_are_a_tagged_union_and_round_trip():
     assert Recipe.model_validate(dumped) == r
 
 
+@pytest.mark.parametrize("step", [
+    *({name: {}} for name in sorted(StepParams.registry) if name != "grow"),  # grow has no default growth
+    {"grow": {"width_multiplier": 2}},
+    {"drop_layers": {"drop": [0, 2]}},
+    {"drop_layers": {"keep_every": 3}},
+    {"quantize": {"mode": "static", "method": "entropy", "exclude": ["*head*"]}},
+])
+def test_a_stored_step_reads_back_as_it_was(step):
+    """Job records store the dumped recipe, defaults included: it must validate again, unchanged."""
+    r = Recipe.model_validate({"steps": [step]})
+    assert Recipe.model_validate(r.model_dump(mode="json")) == r
+
+
+def test_drop_layers_takes_one_rule():
+    with pytest.raises(ValidationError, match="not both"):
+        Recipe.model_validate({"steps": [{"drop_layers": {"keep_every": 2, "drop": [1]}}]})
+    assert Recipe.model_validate({"steps": [{"drop_layers": {}}]}).steps[0].keep_every == 2
+
+
 def test_a_step_without_parameters_takes_the_defaults():
     r = Recipe.model_validate({"steps": [{"quantize": None}]})
     assert r.steps[0] == Quantize()
