@@ -36,6 +36,7 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        "worker_proc_alive_timeout": 60,  # a pool process starts by warming torch up (workers/app.py)
         "task_time_limit": settings.task_time_limit_s,
         "task_soft_time_limit": settings.soft_time_limit_s,
         "task_default_queue": "cpu",

@@ -24,6 +24,15 @@ def _pool_children_ignore_sigterm(**_) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+@worker_process_init.connect
+def _warm_up(**_) -> None:
+    """What every job would otherwise pay on a fresh worker: torch's first training step, matplotlib."""
+    from workers import htmlreport, train
+
+    train.warm_up()
+    htmlreport.pyplot()
+
+
 @worker_ready.connect
 def _advertise(sender=None, **_) -> None:
     """Tells the gateway which queues, device and execution providers this worker serves."""

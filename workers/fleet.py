@@ -2,7 +2,9 @@
 ones running (so that a node whose worker died is run again, not lost), and the results.
 
 The job's own task (the coordinator) and helper tasks on other workers all take ready nodes from the same
-list. Keys are scoped by the job's attempt, so a redelivered job starts a clean run.
+set, the one with the most work below it first (its critical path: training epochs count most), so that the
+long chains start early and the quick leaves fill the gaps. Keys are scoped by the job's attempt, so a
+redelivered job starts a clean run.
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ class Fleet:
             pipe.expire(self._k(name), KEY_TTL_S)
         pipe.execute()
         runnable = [n.id for n in nodes if n.parent == BASELINE or self.r.hexists(self._k("done"), n.parent)]
-        if runnable:
-            self.r.rpush(self._k("ready"), *runnable)
+        waiting = [i.decode() for i in self.r.zrange(self._k("ready"), 0, -1)]
+        self._make_ready([*waiting, *runnable])  # the new nodes may lengthen the paths below the waiting ones
+
+    def _make_ready(self, node_ids: list[str]) -> None:
+        if node_ids:
+            plan = self.plan()
+            self.r.zadd(self._k("ready"), {i: critical_path(plan, i) for i in node_ids})
 
     def plan(self) -> dict[str, Node]:
         return {k.decode(): Node.from_json(v) for k, v in self.r.hgetall(self._k("plan")).items()}
@@ -50,16 +57,16 @@ class Fleet:
 
     def drop_waiting(self) -> list[str]:
         """Stops everything not started yet (time or goals reached); the ids dropped."""
-        waiting = [i.decode() for i in self.r.lrange(self._k("ready"), 0, -1)]
+        waiting = [i.decode() for i in self.r.zrange(self._k("ready"), 0, -1)]
         self.r.delete(self._k("ready"))
         return waiting
 
     # -- running (any worker)
     def take(self) -> Node | None:
-        node_id = self.r.lpop(self._k("ready"))
-        if node_id is None:
+        popped = self.r.zpopmax(self._k("ready"))
+        if not popped:
             return None
-        node_id = node_id.decode()
+        node_id = popped[0][0].decode()
         self.renew(node_id)
         raw = self.r.hget(self._k("plan"), node_id)
         return Node.from_json(raw) if raw else None
@@ -73,8 +80,8 @@ class Fleet:
         pipe.hdel(self._k("leases"), node.id)
         pipe.execute()
         children = [n.id for n in self.plan().values() if n.parent == node.id]
-        if children and not self.closed():
-            self.r.rpush(self._k("ready"), *children)
+        if not self.closed():
+            self._make_ready(children)
 
     def fail(self, node: Node, code: str, message: str) -> None:
         pipe = self.r.pipeline()
@@ -98,9 +105,26 @@ class Fleet:
         for node_id, expires in self.running().items():
             if expires < now and self.r.hdel(self._k("leases"), node_id):
                 lost.append(node_id)
-        if lost:
-            self.r.rpush(self._k("ready"), *lost)
+        self._make_ready(lost)
         return lost
 
     def waiting(self) -> int:
-        return int(self.r.llen(self._k("ready")))
+        return int(self.r.zcard(self._k("ready")))
+
+
+def cost(node: Node) -> float:
+    """A node's own work, in rough units: one measurement, plus its training epochs."""
+    (params,) = node.item.values()
+    return 1.0 + float((params or {}).get("epochs") or 0)
+
+
+def critical_path(plan: dict[str, Node], node_id: str) -> float:
+    """The work on the longest chain from node_id down to a leaf of the plan, node_id's own included."""
+    children: dict[str, list[str]] = {}
+    for n in plan.values():
+        children.setdefault(n.parent, []).append(n.id)
+
+    def longest(i: str) -> float:
+        return cost(plan[i]) + max((longest(c) for c in children.get(i, [])), default=0.0)
+
+    return longest(node_id)

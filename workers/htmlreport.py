@@ -25,13 +25,19 @@ def _quality(c: Candidate) -> float:
     return G.value(c, "quality") or 0.0
 
 
-def _plot(report: Report, x_metric: str, x_label: str) -> str:
-    """quality (y) against x_metric, the frontier joined, the recommended starred; SVG text."""
+def pyplot():
+    """matplotlib, headless (imported on first use: the worker's start-up warm-up does it early)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(report: Report, x_metric: str, x_label: str) -> str:
+    """quality (y) against x_metric, the frontier joined, the recommended starred; SVG text."""
+    plt = pyplot()
     everything = [report.baseline, *report.candidates]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     xs = [G.value(c, x_metric) or 0.0 for c in everything]

@@ -55,12 +55,14 @@ class Coordinator:
         self.first_end: str | None = None
 
     def add(self, proposals) -> None:
+        new = []
         for path, token in proposals:
             end, added = self.plan.add(path)
+            new += added
             self.first_end = self.first_end or end
-            self.fleet.publish(added)
             self.ends.add(end)
             self.trials.started(end, token)
+        self.fleet.publish(new)  # all at once: the order nodes are taken in weighs the whole plan
 
     def tick(self, message: str = "") -> None:
         done = len(self.fleet.done())

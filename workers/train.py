@@ -91,6 +91,22 @@ def visible_labels(labels: np.ndarray | None, fraction: float, seed: int) -> tor
     return y
 
 
+def warm_up() -> None:
+    """One tiny training step, run when a worker process starts, so that its first job does not pay torch's
+    first-use costs (autograd, the optimiser, the convolution kernels): about a second on a CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+        optimiser = torch.optim.AdamW(net.parameters())
+        out = net(torch.zeros(2, 1, 4, 4))
+        label = F.cross_entropy(out, torch.zeros(2, dtype=torch.long))
+        (label + F.kl_div(out.log_softmax(-1), out.detach().softmax(-1), reduction="batchmean")).backward()
+        optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+
+
 class Trainer:
     """One training run of a step: the student (and teacher) as torch modules, the data, the optimiser."""
 

@@ -31,7 +31,9 @@ class Quantize(StepParams):
         "modes that apply (static needs a dataset), measures fidelity and latency on the target, keeps the "
         "fastest one that holds min_fidelity (else the most faithful).",
     )
-    dtype: Literal["int8", "int4", "fp16", "bf16"] = Field("int8", description="Target precision.")
+    dtype: Literal["int8", "int4", "fp16", "bf16"] | None = Field(
+        None, description="Target precision; unset: the mode's own (int8; int4 for weight_only; fp16 for float), "
+        "so that a search over mode needs no dtype.")
     per_channel: bool = Field(True, description="One scale per output channel (int8).")
     method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration (static).")
     percentile: float = Field(99.999, gt=90, le=100, description="Percentile for method=percentile.")
@@ -53,11 +55,15 @@ class Quantize(StepParams):
     @model_validator(mode="after")
     def _combination(self) -> Quantize:
         allowed = DTYPES_BY_MODE[self.mode]
-        if self.dtype not in allowed:
+        if self.dtype is not None and self.dtype not in allowed:
             raise ValueError(f"mode {self.mode!r} takes dtype {' or '.join(allowed)}, not {self.dtype!r}")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError("block_size must be 16, 32, 64, 128 or 256")
         return self
+
+    @property
+    def precision(self) -> str:
+        return self.dtype or DTYPES_BY_MODE[self.mode][0]
 
     @property
     def needs_data(self) -> bool:

@@ -85,3 +85,21 @@ def test_catalog_lists_every_registered_step_with_its_schema():
     assert names == sorted(StepParams.registry)
     quantize = next(s for s in catalog() if s["name"] == "quantize")
     assert quantize["schema"]["properties"]["per_channel"]["default"] is True
+
+
+def test_quantize_precision_follows_the_mode_unless_given():
+    assert [Quantize(mode=m).precision for m in ("dynamic", "static", "weight_only", "float")] == \
+        ["int8", "int8", "int4", "fp16"]
+    assert Quantize(mode="float", dtype="bf16").precision == "bf16"
+    with pytest.raises(ValidationError, match="takes dtype"):
+        Quantize(mode="float", dtype="int8")
+
+
+def test_a_search_over_quantize_modes_needs_no_dtype():
+    from core.search import apply, check_options, grid, split_space
+
+    steps, dims = split_space([{"quantize": {"mode": ["dynamic", "static", "float", "weight_only"]}}], [])
+    recipe = Recipe.model_validate({"steps": steps})
+    assert check_options(recipe.steps, dims) == []
+    paths = [apply(recipe.steps, choice) for choice in grid(dims)]
+    assert [path[0][1].precision for path in paths] == ["int8", "int8", "fp16", "int4"]

@@ -89,7 +89,7 @@ def weight_only(src: Path, out: Path, p: Quantize) -> Path:
 
 
 def float_storage(src: Path, out: Path, p: Quantize) -> Path:
-    if p.dtype == "fp16":
+    if p.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(src))

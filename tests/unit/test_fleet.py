@@ -1,0 +1,37 @@
+"""The order a job's ready candidates are taken in: the longest chain of work first."""
+
+from __future__ import annotations
+
+import secrets
+
+import redis
+
+from workers.fleet import Fleet, critical_path
+from workers.plan import BASELINE, Node
+
+
+def node(i: str, parent: str, item: dict) -> Node:
+    return Node(id=i, parent=parent, index=1, item=item, steps=[item])
+
+
+# prune 0.3 -> quantize; prune 0.6 -> distill 10 epochs -> quantize
+PLAN = [node("c1", BASELINE, {"prune": {"ratio": 0.3}}), node("c2", "c1", {"quantize": {"mode": "dynamic"}}),
+        node("c3", BASELINE, {"prune": {"ratio": 0.6}}), node("c4", "c3", {"distill": {"epochs": 10}}),
+        node("c5", "c4", {"quantize": {"mode": "dynamic"}})]
+
+
+def test_the_critical_path_counts_measurements_and_epochs():
+    plan = {n.id: n for n in PLAN}
+    assert [critical_path(plan, i) for i in ("c1", "c2", "c3", "c4", "c5")] == [2, 1, 13, 12, 1]
+
+
+def test_ready_nodes_are_taken_longest_chain_first_and_each_once(services):
+    r = redis.Redis.from_url(services[0])
+    fleet = Fleet(r, f"j_{secrets.token_hex(8)}", 1)
+    fleet.publish(PLAN)
+    assert fleet.waiting() == 2
+    first, second = fleet.take(), fleet.take()
+    assert (first.id, second.id) == ("c3", "c1") and fleet.take() is None
+    fleet.finish(second, {"id": "c1"})  # c1's child joins: still below what c3 leads to
+    fleet.finish(first, {"id": "c3"})
+    assert [fleet.take().id for _ in range(2)] == ["c4", "c2"]
