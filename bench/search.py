@@ -49,9 +49,31 @@ def run_search(root: Path, redis_url: str, s3_url: str, workers: int, ref, recip
             report = api.get(f"/v1/jobs/{job['id']}/report").json()
             print(f"  {workers} worker(s): {elapsed:.1f} s, {report['search']['trials']} trials, "
                   f"{len(report['candidates'])} candidates, recommended {report['recommended']}", flush=True)
+            if workers == 2:
+                print(frontier_table(report))
             return elapsed
     finally:
         stack.stop()
+
+
+def _lineage(candidate: dict) -> str:
+    parts = []
+    for item in candidate["steps"]:
+        (name, params), = item.items()
+        shown = {k: params[k] for k in ("ratio", "epochs", "mode") if k in params}
+        parts.append(name + "(" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")")
+    return " > ".join(parts) or "baseline"
+
+
+def frontier_table(report: dict) -> str:
+    """Every candidate measured, frontier ones starred: accuracy, p50 at batch 1, size."""
+    rows = [f"    {'':2}{'id':5}{'accuracy':>9}{'p50 ms':>9}{'KiB':>8}  lineage"]
+    for c in [report["baseline"], *report["candidates"]]:
+        m = c["metrics"]
+        star = "* " if c["id"] in report["frontier"] else "  "
+        rows.append(f"    {star}{c['id']:5}{m['quality'].get('accuracy', float('nan')):9.4f}"
+                    f"{m['latency_ms']['1']['p50']:9.4f}{m['size_bytes'] / 1024:8.1f}  {_lineage(c)}")
+    return "\n".join(rows)
 
 
 def main() -> None:
