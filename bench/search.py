@@ -67,11 +67,11 @@ def _lineage(candidate: dict) -> str:
 
 def frontier_table(report: dict) -> str:
     """Every candidate measured, frontier ones starred: accuracy, p50 at batch 1, size."""
-    rows = [f"    {'':2}{'id':5}{'accuracy':>9}{'p50 ms':>9}{'KiB':>8}  lineage"]
+    rows = [f"    {'':2}{'id':9}{'accuracy':>9}{'p50 ms':>9}{'KiB':>8}  lineage"]
     for c in [report["baseline"], *report["candidates"]]:
         m = c["metrics"]
         star = "* " if c["id"] in report["frontier"] else "  "
-        rows.append(f"    {star}{c['id']:5}{m['quality'].get('accuracy', float('nan')):9.4f}"
+        rows.append(f"    {star}{c['id']:9}{m['quality'].get('accuracy', float('nan')):9.4f}"
                     f"{m['latency_ms']['1']['p50']:9.4f}{m['size_bytes'] / 1024:8.1f}  {_lineage(c)}")
     return "\n".join(rows)
 

@@ -13,6 +13,7 @@ from core.report import Candidate, GoalResult
 
 DEFAULT_OBJECTIVES = (Goal(metric="quality", maximize=True), Goal(metric="latency_p50_ms", minimize=True),
                       Goal(metric="size_bytes", minimize=True))
+QUALITY = DEFAULT_OBJECTIVES[0]
 TIE = 0.02  # values within 2 % count as equal when ranking by the next objective
 
 
@@ -57,8 +58,10 @@ def evaluate(c: Candidate, baseline: Candidate, goals: list[Goal]) -> list[GoalR
 
 
 def objectives(goals: list[Goal]) -> list[Goal]:
-    own = [g for g in goals if not g.is_constraint]
-    return own or list(DEFAULT_OBJECTIVES)
+    """What the recipe minimizes or maximizes, in priority order, and quality last: a frontier always trades
+    something against quality, even where quality is only a constraint."""
+    own = [g for g in goals if not g.is_constraint] or list(DEFAULT_OBJECTIVES)
+    return own if any(g.metric == "quality" for g in own) else [*own, QUALITY]
 
 
 def _score(c: Candidate, g: Goal) -> float:

@@ -38,6 +38,16 @@ def test_frontier_drops_dominated_candidates():
     assert {x.id for x in G.frontier([a, b, c], objs)} == {"a", "c"}
 
 
+def test_the_frontier_trades_against_quality_even_when_quality_is_only_a_constraint():
+    goals = [Goal(metric="quality", max_degradation=0.05), Goal(metric="latency_p50_ms", minimize=True)]
+    fastest, accurate, worse = cand("fastest", 10, 1.0, 0.96), cand("accurate", 10, 1.5, 0.98), \
+        cand("worse", 10, 1.6, 0.97)
+    objs = G.objectives(goals)
+    assert [g.metric for g in objs] == ["latency_p50_ms", "quality"]
+    assert {c.id for c in G.frontier([fastest, accurate, worse], objs)} == {"fastest", "accurate"}
+    assert G.recommend([fastest, accurate, worse], objs).id == "fastest"  # latency first, as the recipe says
+
+
 def test_recommend_by_priority_with_tolerance():
     fast = cand("fast", 30, 1.0, 0.899)
     small = cand("small", 10, 2.0, 0.9)
