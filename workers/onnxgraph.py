@@ -215,3 +215,19 @@ def gemm_as_matmul(graph: Graph) -> int:
     graph.reindex()
     graph.drop_unused()
     return count
+
+
+def drop_unused_opsets(path: Path) -> None:
+    """Opset imports that no node uses (onnxruntime's pre-processing declares every domain it knows): a few
+    hundred bytes of a small model's file. Left alone where nodes hold subgraphs or the model has functions."""
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    if model.functions or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                              for n in nodes for a in n.attribute):
+        return
+    used = {n.domain for n in nodes} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    if len(kept) < len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+        onnx.save(model, str(path))

@@ -13,6 +13,7 @@ from workers.handle import StepContext
 
 SAMPLES = 64
 RUNS = 30
+ROUNDS = 5
 
 
 @dataclass
@@ -57,8 +58,18 @@ def latency(sess, samples: dict[str, np.ndarray], runs: int = RUNS) -> float:
     return float(np.median(times) * 1000)
 
 
-def compare(reference: Path, candidate: Path, ctx: StepContext) -> Trial:
-    ref, cand = session(reference, ctx), session(candidate, ctx)
+def compare(reference: Path, candidates: dict[str, Path], ctx: StepContext, rounds: int = ROUNDS) -> dict[str, Trial]:
+    """Each candidate's fidelity to `reference`, and its batch-1 latency measured side by side with the others:
+    in interleaved rounds, the lowest round's median kept, so that load that comes and goes on the machine
+    slows every candidate alike instead of whichever happened to be measured then."""
+    ref = session(reference, ctx)
     classification = ctx.data.task == "classification"
-    fidelity = agreement(outputs(ref, ctx.samples), outputs(cand, ctx.samples), classification)
-    return Trial(fidelity, latency(cand, ctx.samples))
+    expected = outputs(ref, ctx.samples)
+    sessions = {label: session(path, ctx) for label, path in candidates.items()}
+    fidelity = {label: agreement(expected, outputs(sess, ctx.samples), classification)
+                for label, sess in sessions.items()}
+    best = {label: float("inf") for label in sessions}
+    for _ in range(rounds):
+        for label, sess in sessions.items():
+            best[label] = min(best[label], latency(sess, ctx.samples, RUNS // rounds * 2))
+    return {label: Trial(fidelity[label], best[label]) for label in sessions}

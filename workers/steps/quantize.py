@@ -12,7 +12,7 @@ import onnx
 from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
 from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches
+from workers.onnxgraph import FLOAT_TYPES, Graph, drop_unused_opsets, gemm_as_matmul, matches
 from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
 from workers.trial import compare
@@ -72,6 +72,7 @@ def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] 
         extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
                        "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
+    drop_unused_opsets(out)
     return out
 
 
@@ -161,7 +162,7 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize]:
         ctx.checkpoint(f"quantize auto: building {label}")
         built[label] = int8(src, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
     ctx.checkpoint("quantize auto: measuring the int8 variants")
-    results = {label: compare(src, path, ctx) for label, path in built.items()}
+    results = compare(src, built, ctx)
     holding = [v for v, r in results.items() if r.fidelity >= p.min_fidelity]
     if holding:
         fastest = min(results[v].latency_ms for v in holding)
