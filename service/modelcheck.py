@@ -6,6 +6,11 @@ failed here. Models must be self-contained: tensors stored outside the file are 
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -18,6 +23,11 @@ from core.modelinfo import find_layers, operators
 from core.pt2check import describe_pt2
 
 MAX_NODES = 200_000
+# The ONNX check runs in a process of its own, held to this much address space plus a few times the file's
+# size and to a time limit: a hostile or huge file costs that process, never the gateway's memory.
+CHECK_BASE_BYTES = 512 << 20
+CHECK_BYTES_PER_FILE_BYTE = 4
+CHECK_TIMEOUT_S = 120
 
 
 def _dtype(elem_type: int) -> str:
@@ -70,8 +80,35 @@ def inspect_model(path: Path, fmt: str, max_bytes: int) -> dict:
     if fmt == "pt2":
         inputs, outputs, targets, layers = describe_pt2(path, max_bytes)
         return {"inputs": inputs, "outputs": outputs, "operators": onnx_equivalents(targets), "layers": layers}
-    model, inputs, outputs = inspect_onnx(path)
-    return {"inputs": inputs, "outputs": outputs, "operators": operators(model), "layers": len(find_layers(model))}
+    found = _in_own_process(path)
+    if "refused" in found:
+        raise InvalidModel(found["refused"], code=found["code"])
+    return {**found, "inputs": [TensorSpec(**t) for t in found["inputs"]],
+            "outputs": [TensorSpec(**t) for t in found["outputs"]]}
+
+
+def _in_own_process(path: Path) -> dict:
+    limit = CHECK_BASE_BYTES + CHECK_BYTES_PER_FILE_BYTE * path.stat().st_size
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "service.modelcheck", str(path), str(limit)], env=env,
+                              capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise InvalidModel(f"the ONNX check did not finish within {CHECK_TIMEOUT_S} s") from e
+    if done.returncode != 0 or not done.stdout.strip():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        raise InvalidModel(f"the ONNX check could not read the model within {limit >> 20} MiB: {last}")
+    return json.loads(done.stdout)
+
+
+def _summary(path: Path) -> dict:
+    """What inspect_model returns for an ONNX file, as JSON; or {"refused": reason, "code": code}."""
+    try:
+        model, inputs, outputs = inspect_onnx(path)
+    except InvalidModel as e:
+        return {"refused": e.message, "code": e.code}
+    return {"inputs": [t.model_dump() for t in inputs], "outputs": [t.model_dump() for t in outputs],
+            "operators": operators(model), "layers": len(find_layers(model))}
 
 
 def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[TensorSpec]]:
@@ -96,3 +133,9 @@ def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[Te
     if not inputs or not outputs:
         raise InvalidModel("the graph needs at least one input and one output")
     return model, inputs, outputs
+
+
+if __name__ == "__main__":  # python -m service.modelcheck FILE ADDRESS_SPACE_BYTES (see _in_own_process)
+    limit = int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    print(json.dumps(_summary(Path(sys.argv[1]))))
