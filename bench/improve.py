@@ -6,7 +6,7 @@
 - all-MiniLM-L6-v2: half the layers dropped, with and without distillation on real English sentences
   (mean sentence-embedding cosine to the fp32 model on held-out sentences).
 
-    .venv/bin/python bench/improve.py [--repeats 30] [--only cnn|minilm]
+    .venv/bin/python bench/improve.py [--repeats 30] [--rounds 3] [--only cnn|minilm]
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ MINILM = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of every output; p50 = the lowest")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     args = ap.parse_args()
-    run_configs([("cnn", digits_cnn, CNN), ("minilm", minilm, MINILM)], args.repeats, args.only)
+    run_configs([("cnn", digits_cnn, CNN), ("minilm", minilm, MINILM)], args.repeats, args.only, args.rounds)
 
 
 if __name__ == "__main__":

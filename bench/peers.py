@@ -27,12 +27,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-from harness import CACHE, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm
+from harness import CACHE, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm, remeasure
 
 from core.recipe import Recipe
 from core.steps.quantize import Quantize
@@ -93,7 +93,6 @@ class Outcome:
     form: str = ""  # what the int8 graph is: QDQ, QOperator, dynamic
     error: str | None = None
     path: Path | None = None  # the measured file, for later rounds
-    p50s: list[dict[str, float]] = field(default_factory=list)  # p50 per batch of each later round
 
 
 # -- peer environments -----------------------------------------------------------------------------
@@ -233,18 +232,6 @@ def peer_int8(peer: Peer, env, ref: Reference, calibration: Path, repeats: int, 
     return Outcome(peer.label, row, form, path=output)
 
 
-def remeasure(ref: Reference, outcomes: list[Outcome], rounds: int, repeats: int) -> None:
-    """Rounds 2..N: every output measured again, one after another; each p50 becomes the lowest of the rounds'
-    p50s (on a shared machine other tenants only ever slow a round down, by up to several times)."""
-    measured = [o for o in outcomes if o.row is not None and o.path is not None]
-    for r in range(1, rounds):
-        for o in measured[r % len(measured):] + measured[: r % len(measured)]:  # each round starts elsewhere
-            o.p50s.append(measure_onnx(ref, o.label, o.path, BATCHES, repeats)[0].latency)
-    for o in outcomes:
-        if o.row is not None:
-            o.row.latency = {b: min(p[b] for p in [o.row.latency, *o.p50s]) for b in o.row.latency}
-
-
 def compare(ref: Reference, key: str, peers: list[Peer], envs: dict, repeats: int, rounds: int) -> list[Outcome]:
     folder = OUT / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -258,9 +245,11 @@ def compare(ref: Reference, key: str, peers: list[Peer], envs: dict, repeats: in
         done = outcomes[-1]
         status = f"{done.row.seconds:.1f} s to build" if done.row else f"FAILED: {done.error}"
         print(f"  measured {ref.name}: {peer.label} ({status})", flush=True)
-    if rounds > 1:
-        print(f"  measuring every {ref.name} output {rounds - 1} more time(s) ...", flush=True)
-    remeasure(ref, outcomes, rounds, repeats)
+    measured = [o.row for o in outcomes if o.row is not None and o.path is not None]
+    for o in outcomes:
+        if o.row is not None and o.path is not None:
+            o.row.path = o.path
+    remeasure(ref, measured, rounds, repeats, BATCHES)
     return outcomes
 
 
