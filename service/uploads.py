@@ -7,6 +7,8 @@ the limit is crossed). Nothing is visible in S3 until `Upload.commit()`; a faile
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import tempfile
 from collections import deque
@@ -120,13 +122,15 @@ class Upload:
 
 
 class _Sink:
-    """Feeds chunks to the S3 writer and the spool file, in batches, off the event loop."""
+    """Feeds chunks to the S3 writer and the spool file, in batches, off the event loop; one batch is
+    written (hashed, spooled, sent) while the next one is received."""
 
     def __init__(self, writer: MultipartWriter, spool, limit: int):
         self.writer, self.spool, self.limit = writer, spool, limit
         self.pending: list[bytes] = []  # chunks as received: handed on without copying
         self.pending_bytes = 0
         self.received = 0
+        self.writing: asyncio.Future | None = None
 
     async def feed(self, chunk: bytes) -> None:
         self.received += len(chunk)
@@ -140,7 +144,14 @@ class _Sink:
     async def flush(self) -> None:
         if self.pending:
             data, self.pending, self.pending_bytes = self.pending, [], 0
-            await run_in_threadpool(self._write, data)
+            await self.settle()
+            self.writing = asyncio.ensure_future(run_in_threadpool(self._write, data))
+
+    async def settle(self) -> None:
+        """Waits for the batch being written (raising its error, if it failed)."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
     def _write(self, chunks: list[bytes]) -> None:
         for chunk in chunks:
@@ -157,6 +168,7 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
     fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)
     writer = PipelinedWriter(store, key)
     upload = Upload(writer=writer, spool=Path(spool_name))
+    sink = None
     try:
         with os.fdopen(fd, "wb") as spool:
             sink = _Sink(writer, spool, limit)
@@ -167,10 +179,14 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
                 async for chunk in request.stream():
                     await sink.feed(chunk)
             await sink.flush()
+            await sink.settle()
         if upload.size == 0:
             raise InvalidInput("the upload is empty", code="empty_upload")
         return upload
     except BaseException:
+        if sink is not None:
+            with contextlib.suppress(BaseException):
+                await sink.settle()  # the writer is not to be touched while a batch is on its way
         await upload.discard()
         upload.close()
         raise
