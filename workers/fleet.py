@@ -37,13 +37,16 @@ class Fleet:
             pipe.expire(self._k(name), KEY_TTL_S)
         pipe.execute()
         runnable = [n.id for n in nodes if n.parent == BASELINE or self.r.hexists(self._k("done"), n.parent)]
+        self._make_ready(runnable)
+        # The new nodes may lengthen the paths below the waiting ones: rescored, only while still waiting
+        # (XX never adds back a node another worker has taken meanwhile).
         waiting = [i.decode() for i in self.r.zrange(self._k("ready"), 0, -1)]
-        self._make_ready([*waiting, *runnable])  # the new nodes may lengthen the paths below the waiting ones
+        self._make_ready(waiting, only_waiting=True)
 
-    def _make_ready(self, node_ids: list[str]) -> None:
+    def _make_ready(self, node_ids: list[str], only_waiting: bool = False) -> None:
         if node_ids:
             plan = self.plan()
-            self.r.zadd(self._k("ready"), {i: critical_path(plan, i) for i in node_ids})
+            self.r.zadd(self._k("ready"), {i: critical_path(plan, i) for i in node_ids}, xx=only_waiting)
 
     def plan(self) -> dict[str, Node]:
         return {k.decode(): Node.from_json(v) for k, v in self.r.hgetall(self._k("plan")).items()}

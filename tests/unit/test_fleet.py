@@ -35,3 +35,14 @@ def test_ready_nodes_are_taken_longest_chain_first_and_each_once(services):
     fleet.finish(second, {"id": "c1"})  # c1's child joins: still below what c3 leads to
     fleet.finish(first, {"id": "c3"})
     assert [fleet.take().id for _ in range(2)] == ["c4", "c2"]
+
+
+def test_rescoring_never_brings_back_a_taken_node(services):
+    """publish() rescores what it saw waiting; a node another worker took in between must stay taken."""
+    r = redis.Redis.from_url(services[0])
+    fleet = Fleet(r, f"j_{secrets.token_hex(8)}", 1)
+    fleet.publish(PLAN)
+    seen_waiting = ["c1", "c3"]
+    assert fleet.take().id == "c3"  # taken after publish() read the waiting set, before it rescored
+    fleet._make_ready(seen_waiting, only_waiting=True)
+    assert fleet.take().id == "c1" and fleet.take() is None
