@@ -45,8 +45,8 @@ class Fleet:
 
     def _make_ready(self, node_ids: list[str], only_waiting: bool = False) -> None:
         if node_ids:
-            plan = self.plan()
-            self.r.zadd(self._k("ready"), {i: critical_path(plan, i) for i in node_ids}, xx=only_waiting)
+            lengths = critical_paths(self.plan())
+            self.r.zadd(self._k("ready"), {i: lengths[i] for i in node_ids}, xx=only_waiting)
 
     def plan(self) -> dict[str, Node]:
         return {k.decode(): Node.from_json(v) for k, v in self.r.hgetall(self._k("plan")).items()}
@@ -121,13 +121,18 @@ def cost(node: Node) -> float:
     return 1.0 + float((params or {}).get("epochs") or 0)
 
 
-def critical_path(plan: dict[str, Node], node_id: str) -> float:
-    """The work on the longest chain from node_id down to a leaf of the plan, node_id's own included."""
+def critical_paths(plan: dict[str, Node]) -> dict[str, float]:
+    """For every node: the work on the longest chain from it down to a leaf of the plan, its own included."""
     children: dict[str, list[str]] = {}
     for n in plan.values():
         children.setdefault(n.parent, []).append(n.id)
+    found: dict[str, float] = {}
 
     def longest(i: str) -> float:
-        return cost(plan[i]) + max((longest(c) for c in children.get(i, [])), default=0.0)
+        if i not in found:
+            found[i] = cost(plan[i]) + max((longest(c) for c in children.get(i, [])), default=0.0)
+        return found[i]
 
-    return longest(node_id)
+    for node_id in plan:
+        longest(node_id)
+    return found

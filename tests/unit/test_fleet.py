@@ -6,7 +6,7 @@ import secrets
 
 import redis
 
-from workers.fleet import Fleet, critical_path
+from workers.fleet import Fleet, critical_paths
 from workers.plan import BASELINE, Node
 
 
@@ -22,7 +22,8 @@ PLAN = [node("c1", BASELINE, {"prune": {"ratio": 0.3}}), node("c2", "c1", {"quan
 
 def test_the_critical_path_counts_measurements_and_epochs():
     plan = {n.id: n for n in PLAN}
-    assert [critical_path(plan, i) for i in ("c1", "c2", "c3", "c4", "c5")] == [2, 1, 13, 12, 1]
+    lengths = critical_paths(plan)
+    assert [lengths[i] for i in ("c1", "c2", "c3", "c4", "c5")] == [2, 1, 13, 12, 1]
 
 
 def test_ready_nodes_are_taken_longest_chain_first_and_each_once(services):
