@@ -13,7 +13,7 @@ from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import matches
 from workers.steps import implements
 from workers.steps.distill import loss_kind, objective_for
-from workers.steps.quantize import static
+from workers.steps.quantize import int8
 from workers.torchconv import OnnxModule
 from workers.train import label_loss, mixed, train
 
@@ -84,6 +84,6 @@ def qat(handle: ModelHandle, p: Qat, ctx: StepContext) -> ModelHandle:
     ctx.checkpoint("qat: quantizing the trained model to int8")
     settings = Quantize(mode="static", per_channel=True, method="minmax", exclude=p.exclude,
                         calibration_samples=ctx.calibration_samples)
-    out = static(trained, ctx.path("qat-int8.onnx"), settings, ctx)
+    out = int8(trained, ctx.path("qat-int8.onnx"), settings, ctx)
     ctx.notes.append(f"qat: {counted[0]} layers trained with int8 fake quantization, then quantized (QDQ)")
     return ModelHandle(out)

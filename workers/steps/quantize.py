@@ -12,7 +12,7 @@ import onnx
 from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
 from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import FLOAT_TYPES, Graph, drop_unused_opsets, gemm_as_matmul, matches
+from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
 from workers.trial import compare
@@ -72,7 +72,6 @@ def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] 
         extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
                        "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
-    drop_unused_opsets(out)
     return out
 
 
@@ -142,8 +141,11 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
 def int8(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | None = None) -> Path:
     """dynamic or static int8; `only`: quantize just these nodes (to measure one layer's sensitivity)."""
     if p.mode == "dynamic":
-        return dynamic(src, out, p, only)
-    return static(src, out, p, ctx, only)
+        dynamic(src, out, p, only)
+    else:
+        static(src, out, p, ctx, only)
+    tidy_quantized(src, out)
+    return out
 
 
 TIE = 1.05  # latencies within 5 % of the fastest count as equal (run-to-run noise): the smaller file wins
