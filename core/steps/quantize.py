@@ -35,6 +35,10 @@ class Quantize(StepParams):
         None, description="Target precision; unset: the mode's own (int8; int4 for weight_only; fp16 for float), "
         "so that a search over mode needs no dtype.")
     per_channel: bool = Field(True, description="One scale per output channel (int8).")
+    channel_spread: float | None = Field(
+        None, gt=1, description="dynamic int8 with per_channel: one scale per output channel only for the MatMul "
+        "layers whose output channels' weight ranges differ by more than this factor (largest / median), one scale "
+        "per tensor for the others (smaller and as fast; auto tries 4). Unset: per_channel decides for every layer.")
     method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration (static).")
     percentile: float = Field(99.999, gt=90, le=100, description="Percentile for method=percentile.")
     calibration_samples: int = Field(128, ge=1, le=10000, description="Samples used to calibrate (static).")
@@ -57,6 +61,8 @@ class Quantize(StepParams):
         allowed = DTYPES_BY_MODE[self.mode]
         if self.dtype is not None and self.dtype not in allowed:
             raise ValueError(f"mode {self.mode!r} takes dtype {' or '.join(allowed)}, not {self.dtype!r}")
+        if self.channel_spread is not None and not (self.mode == "dynamic" and self.per_channel):
+            raise ValueError("channel_spread applies to mode dynamic with per_channel")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError("block_size must be 16, 32, 64, 128 or 256")
         return self

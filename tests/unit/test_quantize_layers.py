@@ -1,0 +1,78 @@
+"""Per-layer scale granularity for dynamic int8: per channel only where the channels' ranges spread."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import ValidationError
+
+from core.steps.quantize import Quantize
+from workers.steps.quantize import channel_spreads, dynamic
+
+
+def _two_layers(path):
+    """x -> `uneven` (one output channel 40x the others) -> Relu -> `even` -> y."""
+    rng = np.random.default_rng(0)
+    uneven = rng.normal(size=(32, 32)).astype(np.float32)
+    uneven[:, 0] *= 40
+    even = rng.normal(size=(32, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="uneven"),
+         helper.make_node("Relu", ["h"], ["r"], name="relu"),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="even")],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])],
+        [numpy_helper.from_array(uneven, "w1"), numpy_helper.from_array(even, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _scale_shapes(path) -> dict[str, list[int]]:
+    """Each weight's scale tensor's shape: [] for one scale per tensor, [channels] for one per channel."""
+    model = onnx.load(str(path))
+    return {t.name.split("_scale")[0]: list(t.dims) for t in model.graph.initializer
+            if t.name.startswith("w") and t.name.endswith("_scale")}
+
+
+def test_spreads_find_the_uneven_layer(tmp_path):
+    _two_layers(tmp_path / "m.onnx")
+    spreads = channel_spreads(tmp_path / "m.onnx")
+    assert spreads["uneven"] > 10 > 4 > spreads["even"]
+
+
+def test_per_layer_scales_where_the_spread_asks_for_them(tmp_path):
+    src = tmp_path / "m.onnx"
+    _two_layers(src)
+    outputs = {}
+    for label, p in {"per-channel": Quantize(mode="dynamic"), "per-tensor": Quantize(mode="dynamic", per_channel=False),
+                     "per-layer": Quantize(mode="dynamic", channel_spread=4)}.items():
+        dynamic(src, tmp_path / f"{label}.onnx", p)
+        outputs[label] = tmp_path / f"{label}.onnx"
+    assert _scale_shapes(outputs["per-layer"]) == {"w1": [32], "w2": []}
+    assert _scale_shapes(outputs["per-channel"]) == {"w1": [32], "w2": [8]}
+    assert _scale_shapes(outputs["per-tensor"]) == {"w1": [], "w2": []}
+
+    x = {"x": np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32)}
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+    y = {k: run(v) for k, v in outputs.items()}
+    y["float"] = run(src)
+    error = {k: float(np.abs(v - y["float"]).mean()) for k, v in y.items() if k != "float"}
+    assert error["per-layer"] < 0.7 * error["per-tensor"]  # the uneven layer's small channels kept their detail
+
+
+def test_a_layer_asked_for_alone_keeps_its_granularity(tmp_path):
+    src = tmp_path / "m.onnx"
+    _two_layers(src)
+    p = Quantize(mode="dynamic", channel_spread=4)
+    assert _scale_shapes(dynamic(src, tmp_path / "a.onnx", p, only=["uneven"])) == {"w1": [32]}
+    assert _scale_shapes(dynamic(src, tmp_path / "b.onnx", p, only=["even"])) == {"w2": []}
+    assert src.exists()
+
+
+def test_channel_spread_is_for_dynamic_per_channel_only():
+    with pytest.raises(ValidationError, match="channel_spread"):
+        Quantize(mode="static", channel_spread=4)
+    with pytest.raises(ValidationError, match="channel_spread"):
+        Quantize(mode="dynamic", per_channel=False, channel_spread=4)
