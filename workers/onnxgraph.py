@@ -218,27 +218,36 @@ def gemm_as_matmul(graph: Graph) -> int:
 
 
 def tidy_quantized(src: Path, path: Path) -> None:
-    """What onnxruntime's quantizers add to a model beyond the quantization itself, removed:
-    - the shape annotations (value_info) their shape inference wrote, where the input model had none: with
-      them onnxruntime fuses each residual Add + LayerNormalization into SkipLayerNormalization, whose CPU
-      kernel made int8 all-MiniLM-L6-v2 about 9 % slower at batch 1 (bench/shrink.py);
-    - opset imports that no node uses (the static pre-processing declares every domain it knows): a few
-      hundred bytes of a small model's file. Left alone where nodes hold subgraphs or the model has functions."""
+    """What onnxruntime's quantizers add to a model beyond the quantization itself, removed (see below)."""
     model = onnx.load(str(path))
     known = {v.name for v in onnx.load(str(src), load_external_data=False).graph.value_info}
-    kept_info = [v for v in model.graph.value_info if v.name in known]
-    changed = len(kept_info) < len(model.graph.value_info)
-    if changed:
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(kept_info)
-    nodes = list(model.graph.node)
-    if not model.functions and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                       for n in nodes for a in n.attribute):
-        used = {n.domain for n in nodes} | {""}
-        kept = [o for o in model.opset_import if o.domain in used]
-        if len(kept) < len(model.opset_import):
-            del model.opset_import[:]
-            model.opset_import.extend(kept)
-            changed = True
-    if changed:
+    if _drop_added_shapes(model, known) | _drop_unused_opsets(model):
         onnx.save(model, str(path))
+
+
+def _drop_added_shapes(model: onnx.ModelProto, known: set[str]) -> bool:
+    """The shape annotations (value_info) the quantizer's shape inference wrote, where the input had none: with
+    them onnxruntime fuses each residual Add + LayerNormalization into SkipLayerNormalization, whose CPU kernel
+    made int8 all-MiniLM-L6-v2 about 9 % slower at batch 1 (tests/unit/test_onnxgraph.py)."""
+    kept = [v for v in model.graph.value_info if v.name in known]
+    if len(kept) == len(model.graph.value_info):
+        return False
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return True
+
+
+def _drop_unused_opsets(model: onnx.ModelProto) -> bool:
+    """Opset imports that no node uses (the static pre-processing declares every domain it knows): a few
+    hundred bytes of a small model's file. Left alone where nodes hold subgraphs or the model has functions."""
+    nodes = list(model.graph.node)
+    if model.functions or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                              for n in nodes for a in n.attribute):
+        return False
+    used = {n.domain for n in nodes} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    if len(kept) == len(model.opset_import):
+        return False
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return True
