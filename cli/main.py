@@ -69,16 +69,16 @@ def up(args: argparse.Namespace) -> int:
     print("Ctrl-C stops everything started here.", flush=True)
 
     stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    try:
-        while not stopping:
-            dead = [p for p in started if not p.alive()]
-            if dead:
-                print(f"{dead[0].name} exited unexpectedly:\n{dead[0].tail()}", file=sys.stderr)
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+    # Both set here, not inherited: a shell that starts `pareto up` in the background (`&` without job control)
+    # hands it SIGINT ignored, and Ctrl-C or `kill -INT` would then leave everything running.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(1))
+    while not stopping:
+        dead = [p for p in started if not p.alive()]
+        if dead:
+            print(f"{dead[0].name} exited unexpectedly:\n{dead[0].tail()}", file=sys.stderr)
+            break
+        time.sleep(0.5)
     print("\nstopping ...", flush=True)
     stop_all()
     return 0

@@ -49,7 +49,9 @@ def test_pareto_up_runs_a_job_and_stops_cleanly(tmp_path, digits):
     env["PARETO_DATA_DIR"] = str(tmp_path / "data")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "up", "--port", str(api), "--redis-port", str(redis_port),
-         "--s3-port", str(s3_port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--s3-port", str(s3_port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # started the way a shell starts a background job: SIGINT ignored; Ctrl-C below must still stop it all
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     out = []
     try:
         deadline = time.monotonic() + 180
