@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from harness import CACHE, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm, remeasure
+from harness import CACHE, ROUNDS, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm, remeasure
 
 from core.recipe import Recipe
 from core.steps.quantize import Quantize
@@ -46,7 +46,7 @@ BATCHES = [1, 32]
 PARETO_INT8 = [{"quantize": {"mode": "auto"}}]  # the built-in `int8` recipe's step
 INSTALL_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 3600
-ROUNDS = {"cnn": 9, "minilm": 5}  # default --rounds: a few minutes of measuring per model
+ROUNDS = {**ROUNDS, "minilm": 5}  # default --rounds: fewer outputs than shrink.py, more rounds
 NOISE = 0.05  # p50 differences below this fraction are flagged as noise in the notes (never in the verdict)
 ORT_PINS = ("onnx==1.23.2", "onnxruntime==1.32.0")  # the versions Pareto's own environment runs
 
