@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from core.queue import WARMED
+
 
 @dataclass
 class Process:
@@ -162,6 +164,12 @@ def worker_argv(queues: str, name: str, concurrency: int = 1) -> list[str]:
 
 def start_worker(env: dict[str, str], logs: Path, queues: str = "cpu", name: str = "worker",
                  concurrency: int = 1) -> Process:
+    """The worker, once it takes jobs and each of its pool processes has warmed up."""
     proc = spawn(name, worker_argv(queues, name, concurrency), logs, env)
-    _wait(lambda: b"ready." in proc.log.read_bytes(), f"worker {name}", proc, 90)
+
+    def ready() -> bool:
+        log = proc.log.read_bytes()
+        return b"ready." in log and log.count(WARMED.encode()) >= concurrency
+
+    _wait(ready, f"worker {name}", proc, 90)
     return proc

@@ -13,6 +13,9 @@ from core.settings import Settings
 OPTIMIZE_TASK = "pareto.optimize"
 TRIALS_TASK = "pareto.trials"  # helpers that run a job's candidates on other workers
 QUEUES = ("cpu", "gpu")
+WARMED = "pool process warmed up"
+"""Logged by each worker pool process once warm: `pareto up` and the tests wait for it, so that a started
+worker is ready for a job, not one whose first job waits behind the warm-up."""
 
 
 def celery_config(settings: Settings) -> dict:

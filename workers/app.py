@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from core.queue import celery_config
+from core.queue import WARMED, celery_config
 from core.settings import get_settings
 
 app = Celery("pareto")
@@ -31,6 +32,7 @@ def _warm_up(**_) -> None:
 
     train.warm_up()
     htmlreport.pyplot()
+    logging.getLogger(__name__).info(WARMED)
 
 
 @worker_ready.connect
