@@ -23,10 +23,11 @@ from workers.measure import Bench, resolve_threads  # noqa: E402
 from workers.steps import apply_step  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
-# Default measurements of every output (p50: the lowest). The digits CNN's batch-1 time alternates between
-# two speeds (23-24 µs and 37-39 µs for fp32 here) in periods of milliseconds, and a round of 30 repeats can
-# fall entirely in a slow one: 9 rounds take seconds at its size. MiniLM's rounds take minutes.
+# Default side-by-side rounds (p50: the lowest round's) and timed runs per batch size in a round. The digits
+# CNN's batch-1 time (tens of µs) drifts by up to 1.7x over seconds here: many runs a round, many rounds, side
+# by side; identical int8 graphs then come out within about 4 % of each other. MiniLM's rounds take minutes.
 ROUNDS = {"cnn": 9, "minilm": 3}
+REPEATS = {"cnn": 300, "minilm": 30}
 
 
 @dataclass
@@ -117,37 +118,48 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
 
 
 def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batches: list[int]) -> None:
-    """Rounds 2..N: every row's file measured again, one after another; each p50 becomes the lowest of the
-    rounds' (on a shared machine other work only ever slows a round down, by up to several times)."""
-    if rounds > 1:
-        print(f"  measuring every {ref.name} output {rounds - 1} more time(s) ...", flush=True)
-    later: dict[int, list[dict[str, float]]] = {id(r): [] for r in rows}
-    for k in range(1, rounds):
-        for row in rows[k % len(rows):] + rows[: k % len(rows)]:  # each round starts elsewhere
-            later[id(row)].append(measure_onnx(ref, row.label, row.path, batches, repeats)[0].latency)
-    for row in rows:
-        row.latency = {b: min(p[b] for p in [row.latency, *later[id(row)]]) for b in row.latency}
+    """Every row's latency measured again side by side: one process holds every file's session (made and
+    timed as the probe does it, workers/probe.py), and each of `rounds` rounds times them one after another,
+    starting at a different file each round; each p50 becomes the lowest round's. The machine is shared and its
+    speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to 100 µs from one minute to the
+    next): files measured in separate processes at different times can differ by 1.3x with identical graphs,
+    while side by side a slow spell slows every file of a round alike."""
+    from workers import probe
+
+    print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
+    _, _, bench, _ = _bench(ref, [], batches, repeats)
+    arrays = dict(np.load(bench.inputs_path, allow_pickle=False))
+    runs = [probe._runner(bench.spec(row.path))[0] for row in rows]
+    best = [{b: float("inf") for b in row.latency} for row in rows]
+    for k in range(rounds):
+        for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
+            for b in best[i]:
+                times = probe._time(runs[i], arrays, int(b), bench.target.warmup, repeats)
+                best[i][b] = min(best[i][b], float(np.median(times)))
+    for row, lowest in zip(rows, best, strict=True):
+        row.latency = lowest
 
 
-def run_configs(models, repeats: int, only: str | None, rounds: int | None, batches=(1, 32)) -> None:
-    """For each (key, reference builder, [(label, steps)]): every configuration built and measured, measured
-    again in interleaved rounds (`rounds` in all, else the model's ROUNDS; p50: the lowest), then the table."""
+def run_configs(models, repeats: int | None, only: str | None, rounds: int | None, batches=(1, 32)) -> None:
+    """For each (key, reference builder, [(label, steps)]): every configuration built and measured, its latency
+    measured again side by side in `rounds` rounds of `repeats` runs (else the model's ROUNDS and REPEATS; p50:
+    the lowest round's), then the table."""
     rows, used = [], {}
     for key, ref, configs in models:
         if only and only != key:
             continue
-        reference, outputs, mine = ref(), None, []
+        reference, outputs, mine, runs = ref(), None, [], repeats or REPEATS[key]
         for label, steps in configs:
-            row, out = measure_chain(reference, label, steps, list(batches), repeats, outputs)
+            row, out = measure_chain(reference, label, steps, list(batches), runs, outputs)
             outputs = outputs if outputs is not None else out
             mine.append(row)
             print(f"  measured {row.model}: {label} ({row.seconds:.1f} s to build)", flush=True)
-        used[reference.name] = rounds or ROUNDS[key]
-        remeasure(reference, mine, used[reference.name], repeats, list(batches))
+        used[reference.name] = rounds or ROUNDS[key], runs
+        remeasure(reference, mine, rounds or ROUNDS[key], runs, list(batches))
         rows += mine
     print()
-    over = ", ".join(f"{n} {name}" for name, n in used.items())
-    print(table(rows, list(batches)) + f"\n(p50: the lowest over the rounds of {repeats} repeats: {over})")
+    over = ", ".join(f"{name} {n} rounds of {r} runs" for name, (n, r) in used.items())
+    print(table(rows, list(batches)) + f"\n(p50: the lowest round's, side by side: {over})")
 
 
 def table(rows: list[Row], batches: list[int]) -> str:

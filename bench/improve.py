@@ -6,14 +6,14 @@
 - all-MiniLM-L6-v2: half the layers dropped, with and without distillation on real English sentences
   (mean sentence-embedding cosine to the fp32 model on held-out sentences).
 
-    .venv/bin/python bench/improve.py [--repeats 30] [--rounds N] [--only cnn|minilm]
+    .venv/bin/python bench/improve.py [--repeats N] [--rounds N] [--only cnn|minilm]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from harness import ROUNDS, digits_cnn, minilm, run_configs
+from harness import REPEATS, ROUNDS, digits_cnn, minilm, run_configs
 
 from core.recipes import builtin_recipe
 
@@ -46,8 +46,8 @@ MINILM = [
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--rounds", type=int, help="measurements of every output; p50 = the lowest "
+    ap.add_argument("--repeats", type=int, help=f"timed runs per batch size in a round (default {REPEATS})")
+    ap.add_argument("--rounds", type=int, help="side-by-side rounds; p50 = the lowest round's "
                     f"(default {ROUNDS})")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     args = ap.parse_args()

@@ -7,11 +7,12 @@ versions; reused on later runs while its pins are unchanged) and run there by a 
 calibrated on the same samples as Pareto. Every output, Pareto's and each peer's, is measured by the same harness
 (bench/harness.py: the job's probe process, onnxruntime CPU): size, p50 latency at batch 1 and 32 (MiniLM at
 sequence 128), quality (digits accuracy on the CNN's held-out digits; MiniLM mean sentence-embedding cosine to
-fp32). Every output is measured --rounds times, one after another, and its p50 is the lowest of the rounds'
-(the machine is shared: other work only ever slows a round down). A peer that cannot be installed or run is
-reported in the table with its error.
+fp32). Then every output's latency is measured again side by side (all loaded in one process, timed one after
+another in --rounds rounds of --repeats runs), and its p50 is the lowest round's: the machine is shared and its
+speed drifts, and side by side a slow spell slows every output of a round alike. A peer that cannot be
+installed or run is reported in the table with its error.
 
-    .venv/bin/python bench/peers.py [--repeats 30] [--rounds N] [--only cnn|minilm]
+    .venv/bin/python bench/peers.py [--repeats N] [--rounds N] [--only cnn|minilm]
                                     [--peers ort-dynamic,ort-static,olive,nncf,nncf-transformer,inc]
 """
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from harness import CACHE, ROUNDS, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm, remeasure
+from harness import CACHE, REPEATS, ROUNDS, Reference, Row, digits_cnn, measure_chain, measure_onnx, minilm, remeasure
 
 from core.recipe import Recipe
 from core.steps.quantize import Quantize
@@ -292,7 +293,7 @@ def _line(o: Outcome, base: Row, pareto: Row | None, is_peer: bool) -> str:
 
 def table(ref: Reference, outcomes: list[Outcome], rounds: int) -> str:
     base, pareto = outcomes[0].row, outcomes[1].row
-    lines = [f"{ref.name} — quality: {ref.quality}; p50: lowest over {rounds} round(s); P = Pareto int8; "
+    lines = [f"{ref.name} — quality: {ref.quality}; p50: lowest of {rounds} side-by-side round(s); P = Pareto int8; "
              "ratios < 1 and deltas >= 0 favour Pareto",
              HEADER, "-" * len(HEADER)]
     lines += [_line(o, base, pareto, i >= 2) for i, o in enumerate(outcomes)]
@@ -315,8 +316,8 @@ def prepared(peer: Peer):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=30, help="timed runs per batch size in one measurement")
-    ap.add_argument("--rounds", type=int, help=f"measurements of every output, p50 = the lowest (default {ROUNDS})")
+    ap.add_argument("--repeats", type=int, help=f"timed runs per batch size in a round (default {REPEATS})")
+    ap.add_argument("--rounds", type=int, help=f"side-by-side rounds, p50 = the lowest round's (default {ROUNDS})")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     ap.add_argument("--peers", default=",".join(p.key for p in PEERS),
                     help=f"comma-separated, from: {', '.join(p.key for p in PEERS)}")
@@ -330,7 +331,8 @@ def main() -> None:
     for key, build in (("cnn", digits_cnn), ("minilm", minilm)):
         if args.only in (None, key):
             ref, rounds = build(), args.rounds or ROUNDS[key]
-            tables.append(table(ref, compare(ref, key, peers, envs, args.repeats, rounds), rounds))
+            repeats = args.repeats or REPEATS[key]
+            tables.append(table(ref, compare(ref, key, peers, envs, repeats, rounds), rounds))
             print("\n" + tables[-1] + "\n", flush=True)
     print("\n\n".join(tables))
 

@@ -2,14 +2,14 @@
 batch 1 and 32; MiniLM at sequence 128): size ratio, p50 speedup and quality (digits accuracy; MiniLM
 mean sentence-embedding cosine to fp32 on real English sentences).
 
-    .venv/bin/python bench/shrink.py [--repeats 30] [--rounds N] [--only cnn|minilm]
+    .venv/bin/python bench/shrink.py [--repeats N] [--rounds N] [--only cnn|minilm]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from harness import ROUNDS, digits_cnn, minilm, run_configs
+from harness import REPEATS, ROUNDS, digits_cnn, minilm, run_configs
 
 CNN = [
     ("baseline (fp32)", []),
@@ -48,8 +48,8 @@ MINILM = [
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--rounds", type=int, help="measurements of every output; p50 = the lowest "
+    ap.add_argument("--repeats", type=int, help=f"timed runs per batch size in a round (default {REPEATS})")
+    ap.add_argument("--rounds", type=int, help="side-by-side rounds; p50 = the lowest round's "
                     f"(default {ROUNDS})")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     args = ap.parse_args()

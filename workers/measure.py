@@ -72,17 +72,20 @@ class Bench:
         )
         return metrics, outputs, probe["notes"]
 
-    def _probe(self, model: Path) -> dict:
-        stem = model.stem
-        spec = {
+    def spec(self, model: Path) -> dict:
+        """What the probe (workers/probe.py) needs to measure `model` on this bench's target."""
+        return {
             "model": str(model), "inputs": str(self.inputs_path),
-            "outputs": str(self.workdir / f"{stem}.outputs.npz"),
+            "outputs": str(self.workdir / f"{model.stem}.outputs.npz"),
             "batch_sizes": self.target.batch_sizes, "warmup": self.target.warmup,
             "repeats": self.target.repeats, "threads": self.threads, "providers": self.providers,
             "runtime": self.target.runtime, "device": self.target.device,
             "fixed_batch": self.fixed_batch,
         }
-        spec_path = self.workdir / f"{stem}.probe.json"
+
+    def _probe(self, model: Path) -> dict:
+        spec = self.spec(model)
+        spec_path = self.workdir / f"{model.stem}.probe.json"
         spec_path.write_text(json.dumps(spec))
         done = subprocess.run(
             [sys.executable, "-m", "workers.probe", str(spec_path)],
