@@ -23,9 +23,10 @@ from workers.measure import Bench, resolve_threads  # noqa: E402
 from workers.steps import apply_step  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
-# Default side-by-side rounds (p50: the lowest round's) and timed runs per batch size in a round. The digits
+# Default side-by-side rounds (p50: the median round's) and timed runs per batch size in a round. The digits
 # CNN's batch-1 time (tens of µs) drifts by up to 1.7x over seconds here: many runs a round, many rounds, side
-# by side; identical int8 graphs then come out within about 4 % of each other. MiniLM's rounds take minutes.
+# by side, and the median round rather than the luckiest: identical int8 graphs then come out within about 5 %
+# of each other (the lowest round left them up to 16 % apart). MiniLM's rounds take minutes.
 ROUNDS = {"cnn": 9, "minilm": 3}
 REPEATS = {"cnn": 300, "minilm": 30}
 
@@ -120,7 +121,7 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
 def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batches: list[int]) -> None:
     """Every row's latency measured again side by side: one process holds every file's session (made and
     timed as the probe does it, workers/probe.py), and each of `rounds` rounds times them one after another,
-    starting at a different file each round; each p50 becomes the lowest round's. The machine is shared and its
+    starting at a different file each round; each p50 becomes the median round's. The machine is shared and its
     speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to 100 µs from one minute to the
     next): files measured in separate processes at different times can differ by 1.3x with identical graphs,
     while side by side a slow spell slows every file of a round alike."""
@@ -130,20 +131,19 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     _, _, bench, _ = _bench(ref, [], batches, repeats)
     arrays = dict(np.load(bench.inputs_path, allow_pickle=False))
     runs = [probe._runner(bench.spec(row.path))[0] for row in rows]
-    best = [{b: float("inf") for b in row.latency} for row in rows]
+    p50s: list[dict[str, list[float]]] = [{b: [] for b in row.latency} for row in rows]
     for k in range(rounds):
         for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
-            for b in best[i]:
-                times = probe._time(runs[i], arrays, int(b), bench.target.warmup, repeats)
-                best[i][b] = min(best[i][b], float(np.median(times)))
-    for row, lowest in zip(rows, best, strict=True):
-        row.latency = lowest
+            for b, found in p50s[i].items():
+                found.append(float(np.median(probe._time(runs[i], arrays, int(b), bench.target.warmup, repeats))))
+    for row, found in zip(rows, p50s, strict=True):
+        row.latency = {b: float(np.median(values)) for b, values in found.items()}
 
 
 def run_configs(models, repeats: int | None, only: str | None, rounds: int | None, batches=(1, 32)) -> None:
     """For each (key, reference builder, [(label, steps)]): every configuration built and measured, its latency
     measured again side by side in `rounds` rounds of `repeats` runs (else the model's ROUNDS and REPEATS; p50:
-    the lowest round's), then the table."""
+    the median round's), then the table."""
     rows, used = [], {}
     for key, ref, configs in models:
         if only and only != key:
@@ -159,7 +159,7 @@ def run_configs(models, repeats: int | None, only: str | None, rounds: int | Non
         rows += mine
     print()
     over = ", ".join(f"{name} {n} rounds of {r} runs" for name, (n, r) in used.items())
-    print(table(rows, list(batches)) + f"\n(p50: the lowest round's, side by side: {over})")
+    print(table(rows, list(batches)) + f"\n(p50: the median round's, side by side: {over})")
 
 
 def table(rows: list[Row], batches: list[int]) -> str:

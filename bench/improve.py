@@ -47,7 +47,7 @@ MINILM = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, help=f"timed runs per batch size in a round (default {REPEATS})")
-    ap.add_argument("--rounds", type=int, help="side-by-side rounds; p50 = the lowest round's "
+    ap.add_argument("--rounds", type=int, help="side-by-side rounds; p50 = the median round's "
                     f"(default {ROUNDS})")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     args = ap.parse_args()

@@ -8,7 +8,7 @@ calibrated on the same samples as Pareto. Every output, Pareto's and each peer's
 (bench/harness.py: the job's probe process, onnxruntime CPU): size, p50 latency at batch 1 and 32 (MiniLM at
 sequence 128), quality (digits accuracy on the CNN's held-out digits; MiniLM mean sentence-embedding cosine to
 fp32). Then every output's latency is measured again side by side (all loaded in one process, timed one after
-another in --rounds rounds of --repeats runs), and its p50 is the lowest round's: the machine is shared and its
+another in --rounds rounds of --repeats runs), and its p50 is the median round's: the machine is shared and its
 speed drifts, and side by side a slow spell slows every output of a round alike. A peer that cannot be
 installed or run is reported in the table with its error.
 
@@ -293,7 +293,7 @@ def _line(o: Outcome, base: Row, pareto: Row | None, is_peer: bool) -> str:
 
 def table(ref: Reference, outcomes: list[Outcome], rounds: int) -> str:
     base, pareto = outcomes[0].row, outcomes[1].row
-    lines = [f"{ref.name} — quality: {ref.quality}; p50: lowest of {rounds} side-by-side round(s); P = Pareto int8; "
+    lines = [f"{ref.name} — quality: {ref.quality}; p50: median of {rounds} side-by-side round(s); P = Pareto int8; "
              "ratios < 1 and deltas >= 0 favour Pareto",
              HEADER, "-" * len(HEADER)]
     lines += [_line(o, base, pareto, i >= 2) for i, o in enumerate(outcomes)]
@@ -317,7 +317,7 @@ def prepared(peer: Peer):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, help=f"timed runs per batch size in a round (default {REPEATS})")
-    ap.add_argument("--rounds", type=int, help=f"side-by-side rounds, p50 = the lowest round's (default {ROUNDS})")
+    ap.add_argument("--rounds", type=int, help=f"side-by-side rounds, p50 = the median round's (default {ROUNDS})")
     ap.add_argument("--only", choices=["cnn", "minilm"])
     ap.add_argument("--peers", default=",".join(p.key for p in PEERS),
                     help=f"comma-separated, from: {', '.join(p.key for p in PEERS)}")
