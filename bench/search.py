@@ -4,7 +4,7 @@ workers): wall time of each and the ratio (target: two workers take <= 0.6x the 
 
     .venv/bin/python bench/search.py [--epochs 10 30] [--runs 2]
 
---epochs: the distillation's length, one pair of runs for each; it sets how much of the job is training (what
+--epochs: the distillation's length, one set of runs for each; it sets how much of the job is training (what
 two workers share) rather than its fixed start and finish (the baseline measured, the report written: about
 1.3 s here, which they cannot share). --runs: each search runs that many times with one worker and with two,
 alternating; the fastest of each counts (other work on a shared machine only ever slows a run down: single
