@@ -25,8 +25,8 @@ from workers.steps import apply_step  # noqa: E402
 CACHE = ROOT / "bench" / ".cache"
 # Default side-by-side rounds (p50: the median round's) and timed runs per batch size in a round. The digits
 # CNN's batch-1 time (tens of µs) drifts by up to 1.7x over seconds here: many runs a round, many rounds, side
-# by side, and the median round rather than the luckiest: identical int8 graphs then come out within about 5 %
-# of each other (the lowest round left them up to 16 % apart). MiniLM's rounds take minutes.
+# by side, and the median round rather than the luckiest: identical int8 graphs then come out within 5-9 % of
+# each other (the lowest round left them up to 16 % apart). MiniLM's rounds take minutes.
 ROUNDS = {"cnn": 9, "minilm": 3}
 REPEATS = {"cnn": 300, "minilm": 30}
 
@@ -130,12 +130,12 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
     _, _, bench, _ = _bench(ref, [], batches, repeats)
     arrays = dict(np.load(bench.inputs_path, allow_pickle=False))
-    runs = [probe._runner(bench.spec(row.path))[0] for row in rows]
+    runs = [probe.runner(bench.spec(row.path))[0] for row in rows]
     p50s: list[dict[str, list[float]]] = [{b: [] for b in row.latency} for row in rows]
     for k in range(rounds):
         for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
             for b, found in p50s[i].items():
-                found.append(float(np.median(probe._time(runs[i], arrays, int(b), bench.target.warmup, repeats))))
+                found.append(float(np.median(probe.timings(runs[i], arrays, int(b), bench.target.warmup, repeats))))
     for row, found in zip(rows, p50s, strict=True):
         row.latency = {b: float(np.median(values)) for b, values in found.items()}
 

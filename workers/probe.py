@@ -60,7 +60,7 @@ def _torch(spec: dict):
     return run, [f"torch {torch.__version__} eager ({device.type})"]
 
 
-def _runner(spec: dict):
+def runner(spec: dict):
     """(run, providers, note): torch eager when the target asks for it and the graph allows it."""
     if spec.get("runtime") == "torch":
         from workers.torchconv import UnsupportedOp
@@ -80,7 +80,7 @@ def _evaluate(run, arrays, chunk: int, fixed: bool) -> list[np.ndarray]:
     return [np.concatenate([p[i] for p in pieces]) for i in range(len(pieces[0]))] if pieces else []
 
 
-def _time(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
+def timings(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
     feed = _feed(arrays, 0, batch)
     for _ in range(warmup):
         run(feed)
@@ -95,7 +95,7 @@ def _time(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
 def measure(spec: dict) -> dict:
     arrays = dict(np.load(spec["inputs"], allow_pickle=False))
     rss_before = _status_kb("VmRSS")
-    run, providers, note = _runner(spec)
+    run, providers, note = runner(spec)
     fixed = spec.get("fixed_batch")
     outputs = _evaluate(run, arrays, fixed or 32, bool(fixed))
     np.savez(spec["outputs"], *outputs)
@@ -104,7 +104,7 @@ def measure(spec: dict) -> dict:
         if fixed and batch != fixed:
             notes.append(f"batch {batch}: the model's batch dimension is fixed at {fixed}")
             continue
-        times = _time(run, arrays, batch, spec["warmup"], spec["repeats"])
+        times = timings(run, arrays, batch, spec["warmup"], spec["repeats"])
         p50, p90, p99 = np.percentile(times, [50, 90, 99])
         latency[str(batch)] = {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
     last = max(latency, key=int) if latency else None
