@@ -1,5 +1,6 @@
 """What the benchmarks share: the reference models (built once into bench/.cache), and a chain of steps
-applied and measured exactly as a job does it (the same step implementations, the same probe process)."""
+applied and measured as a job does it (the same step implementations, the same probe process), then every
+output's latency timed again side by side in one process with the probe's own session settings and timing."""
 
 from __future__ import annotations
 
