@@ -151,11 +151,25 @@ def test_minilm_int8_and_structured_pruning_onnx(api, minilm, sentences):
     assert report["baseline"]["metrics"]["size_bytes"] / metrics(report, "c1")["size_bytes"] >= 3.5
     assert metrics(report, "c1")["fidelity"]["cosine"] >= 0.99
     assert metrics(report, "c1")["fidelity"]["top1_agreement"] is None  # an embedding model, not a classifier
-    job, report = run_job(api, model, data, [{"prune": {"method": "structured", "ratio": 0.5}}])
-    base, pruned = metrics(report, "baseline"), metrics(report, "c1")
+    chose = next(n for n in report["candidates"][0]["notes"] if n.startswith("quantize auto chose"))
+    assert "fused dynamic per-channel fidelity" in chose  # the fused graph's variants were measured too
+    fused_ops = {"QAttention", "SkipLayerNormalization"} & op_types(artifacts(api, job)["model.onnx"])
+    assert bool(fused_ops) == chose.startswith("quantize auto chose fused")
+    steps = [{"prune": {"method": "structured", "ratio": 0.5}}, {"optimize_graph": {"level": "extended"}}]
+    job, report = run_job(api, model, data, steps)
+    base, pruned, fused = metrics(report, "baseline"), metrics(report, "c1"), metrics(report, "c2")
     assert pruned["params"] < base["params"] and pruned["macs"] < 0.6 * base["macs"]
     assert any("heads" in n for n in report["candidates"][0]["notes"])
-    assert run_onnx(artifacts(api, job)["model.onnx"], feed).shape == (4, 384)
+    fusion = next(n for n in report["candidates"][1]["notes"] if "transformer fusion" in n)
+    assert "6 Attention" in fusion and float(fusion.rsplit("cosine ", 1)[1]) >= 0.9999  # pruned heads fuse too
+    assert abs(fused["fidelity"]["cosine"] - pruned["fidelity"]["cosine"]) < 1e-4
+    files = artifacts(api, job)
+    assert ("Attention" in op_types(files["model.onnx"])) == ("applied" in fusion)  # kept only where faster
+    np.testing.assert_allclose(run_onnx(files["model.onnx"], feed), run_onnx(files["c1.onnx"], feed), atol=1e-4)
+
+
+def op_types(blob: bytes) -> set[str]:
+    return {n.op_type for n in onnx.load_from_string(blob).graph.node}
 
 
 def test_minilm_pt2_depth_rank_and_int4(api, minilm, sentences):

@@ -1,17 +1,24 @@
-"""optimize_graph: onnxruntime's graph optimizations applied once and saved into the model."""
+"""optimize_graph: onnxruntime's graph optimizations applied once and saved into the model; at the levels
+that write onnxruntime operators, transformer encoders are fused first (workers/fusion.py)."""
 
 from __future__ import annotations
 
 from core.steps.optimize_graph import OptimizeGraph
+from workers.fusion import fuse_transformer
 from workers.handle import ModelHandle, StepContext
 from workers.steps import implements
+from workers.trial import compare
+
+SAME = 0.9999  # fidelity to the input model a fused graph must keep (mean cosine, or top-1 agreement)
 
 
 @implements(OptimizeGraph)
 def optimize_graph(handle: ModelHandle, p: OptimizeGraph, ctx: StepContext) -> ModelHandle:
     import onnxruntime as ort
 
-    out = ctx.path("optimized.onnx")
+    src, out = handle.onnx_path, ctx.path("optimized.onnx")
+    if p.level != "basic":
+        src = _fused(src, ctx) or src
     opts = ort.SessionOptions()
     opts.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -20,7 +27,23 @@ def optimize_graph(handle: ModelHandle, p: OptimizeGraph, ctx: StepContext) -> M
     }[p.level]
     opts.optimized_model_filepath = str(out)
     opts.log_severity_level = 3
-    ort.InferenceSession(str(handle.onnx_path), opts, providers=ctx.providers)
+    ort.InferenceSession(str(src), opts, providers=ctx.providers)
     if p.level == "all":
         ctx.notes.append("optimize_graph level all: the saved layout is specific to " + ctx.providers[0])
     return ModelHandle(out)
+
+
+def _fused(src, ctx: StepContext):
+    """The transformer-fused graph, where the model has one, it computes what the input does, and it is
+    faster on the target (at 1 thread on a small CPU it can be slower)."""
+    fused = ctx.path("fused.onnx")
+    counts = fuse_transformer(src, fused)
+    if not counts:
+        return None
+    trials = compare(src, {"fused": fused, "unfused": src}, ctx)
+    fused_ms, unfused_ms, same = trials["fused"].latency_ms, trials["unfused"].latency_ms, trials["fused"].fidelity
+    what = ", ".join(f"{n} {op}" for op, n in counts.items() if n)
+    keep = same >= SAME and fused_ms < unfused_ms
+    ctx.notes.append(f"optimize_graph: transformer fusion ({what}) {'applied' if keep else 'left out'}: "
+                     f"{fused_ms:.3f} ms fused, {unfused_ms:.3f} ms unfused at batch 1, outputs' cosine {same:.5f}")
+    return fused if keep else None

@@ -11,6 +11,7 @@ import onnx
 
 from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
+from workers.fusion import fuse_transformer
 from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.sensitivity import fallback_layers, quality_goals
@@ -32,7 +33,8 @@ def dynamic(src: Path, out: Path, p: Quantize, only: list[str] | None = None) ->
     # Conv is left out unless asked for: dynamic ConvInteger is several times slower than float on CPU.
     skip_conv = () if p.op_types and "Conv" in p.op_types else ("Conv",)
     excluded = _excluded(src, p, skip_conv)
-    options = {"MatMulConstBOnly": True}
+    # DefaultTensorType: shape inference types no tensor after a fused onnxruntime operator; they are float
+    options = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
 
     def run(model: Path, result: Path, per_channel: bool, nodes: list[str] | None, skip: list[str]) -> None:
         quantize_dynamic(model, result, op_types_to_quantize=p.op_types, per_channel=per_channel,
@@ -48,7 +50,7 @@ def dynamic(src: Path, out: Path, p: Quantize, only: list[str] | None = None) ->
     if wide:  # those per channel first, then the others per tensor
         first = out.with_suffix(".wide.onnx") if rest else out
         run(src, first, True, wide, excluded)
-        src, options["DefaultTensorType"] = first, onnx.TensorProto.FLOAT
+        src = first
     if rest:
         run(src, out, False, only, excluded + wide)
     return out
@@ -162,7 +164,7 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
                             code="dataset_required")
     if p.mode == "auto":
-        out, p = auto(src, p, ctx)
+        out, p, src = auto(src, p, ctx)
     else:
         int8(src, out, p, ctx)
     if p.fallback and quality_goals(ctx):
@@ -184,23 +186,15 @@ TIE = 1.05  # latencies within 5 % of the fastest count as equal (run-to-run noi
 MIXED_SPREAD = 4.0  # auto's per-layer variant: per channel where channel ranges spread wider than this
 
 
-def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize]:
-    """Each int8 variant that applies (dynamic; static when there is a dataset; per channel, per tensor, and
-    per channel only for the layers that need it), measured on the target against the input model. Among those
-    that hold min_fidelity: the fastest, the smaller file among equally fast ones; if none holds, the most
-    faithful. The figures go into the notes."""
-    modes = ["dynamic", *(["static"] if ctx.from_dataset and _has_float_weights(src) else [])]
-    scales = [True, False] if p.per_channel else [False]
-    variants = {f"{m} per-{'channel' if c else 'tensor'}": p.model_copy(update={"mode": m, "per_channel": c})
-                for m in modes for c in scales}
-    spreads = channel_spreads(src).values() if p.per_channel else []
-    if 0 < sum(s > MIXED_SPREAD for s in spreads) < len(spreads):  # some layers need per channel, not all
-        variants["dynamic per-layer"] = p.model_copy(update={"mode": "dynamic", "per_channel": True,
-                                                             "channel_spread": MIXED_SPREAD})
+def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path]:
+    """Each int8 variant that applies (see _variants), measured on the target against the input model. Among
+    those that hold min_fidelity: the fastest, the smaller file among equally fast ones; if none holds, the
+    most faithful. The figures go into the notes. Returns the chosen file, its settings and its source."""
+    variants = _variants(src, p, ctx)
     built = {}
-    for label, variant in variants.items():
+    for label, (variant, source) in variants.items():
         ctx.checkpoint(f"quantize auto: building {label}")
-        built[label] = int8(src, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
+        built[label] = int8(source, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
     ctx.checkpoint("quantize auto: measuring the int8 variants")
     results = compare(src, built, ctx)
     holding = [v for v, r in results.items() if r.fidelity >= p.min_fidelity]
@@ -213,7 +207,33 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize]:
     ctx.notes.append(f"quantize auto chose {chosen}: " + "; ".join(
         f"{v} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms, {built[v].stat().st_size} bytes"
         for v, r in results.items()))
-    return built[chosen], variants[chosen]
+    return built[chosen], *variants[chosen]
+
+
+def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quantize, Path]]:
+    """label -> (settings, source): dynamic int8, and static where there is a dataset; per channel, per
+    tensor, and per channel only for the layers that need it. Where the model is a transformer encoder that
+    onnxruntime can fuse, the dynamic ones also start from the fused graph (its layers quantize whole; which
+    is faster depends on the target: on this 2-core CPU the fused one at 2 threads, the other at 1)."""
+    sources = {"": src}
+    fused = fuse_transformer(src, ctx.path("auto-fused.onnx"))
+    if fused:
+        sources["fused "] = ctx.path("auto-fused.onnx")
+        ctx.notes.append("quantize auto: transformer layers fused for the fused variants ("
+                         + ", ".join(f"{n} {op}" for op, n in fused.items() if n) + ")")
+    static = ctx.from_dataset and _has_float_weights(src)
+    scales = [True, False] if p.per_channel else [False]
+    variants = {}
+    for prefix, source in sources.items():
+        for mode in ["dynamic", *(["static"] if static and not prefix else [])]:
+            for c in scales:
+                variants[f"{prefix}{mode} per-{'channel' if c else 'tensor'}"] = (
+                    p.model_copy(update={"mode": mode, "per_channel": c}), source)
+        spreads = channel_spreads(source).values() if p.per_channel else []
+        if 0 < sum(s > MIXED_SPREAD for s in spreads) < len(spreads):  # some layers need per channel, not all
+            variants[f"{prefix}dynamic per-layer"] = (p.model_copy(update={
+                "mode": "dynamic", "per_channel": True, "channel_spread": MIXED_SPREAD}), source)
+    return variants
 
 
 def _has_float_weights(path: Path) -> bool:
