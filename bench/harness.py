@@ -28,8 +28,8 @@ CACHE = ROOT / "bench" / ".cache"
 # CNN's batch-1 time (tens of µs) drifts by up to 1.7x over seconds here: many runs a round, many rounds, side
 # by side, and the median round rather than the luckiest: identical int8 graphs then come out within 5-9 % of
 # each other (the lowest round left them up to 16 % apart). MiniLM's rounds take minutes.
-ROUNDS = {"cnn": 9, "minilm": 3}
-REPEATS = {"cnn": 300, "minilm": 30}
+ROUNDS = {"cnn": 9, "minilm": 5}
+REPEATS = {"cnn": 300, "minilm": 20}
 
 
 @dataclass
@@ -54,7 +54,7 @@ def digits_cnn() -> Reference:
 def minilm(sentences: int = 256) -> Reference:
     from examples.reference import write_minilm
 
-    folder = CACHE / "minilm-v2"
+    folder = CACHE / "minilm-v3"
     if not (folder / "sentences.npz").exists():
         write_minilm(folder, sentences)
     specs = [TensorSpec(name=n, dtype="int64", shape=["batch", "sequence"]) for n in ("input_ids", "attention_mask")]
@@ -121,11 +121,11 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
 
 def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batches: list[int]) -> None:
     """Every row's latency measured again side by side: one process holds every file's session (made and
-    timed as the probe does it, workers/probe.py), and each of `rounds` rounds times them one after another,
-    starting at a different file each round; each p50 becomes the median round's. The machine is shared and its
-    speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to 100 µs from one minute to the
-    next): files measured in separate processes at different times can differ by 1.3x with identical graphs,
-    while side by side a slow spell slows every file of a round alike."""
+    timed as the probe does it, workers/probe.py), and each of `rounds` rounds times them one after another at
+    each batch size, starting at a different file each round; each p50 becomes the median round's. The
+    machine is shared and its speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to
+    100 µs from one minute to the next): files measured in separate processes at different times can differ
+    by 1.3x with identical graphs, while side by side a slow spell slows every file of a round alike."""
     from workers import probe
 
     print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
@@ -134,9 +134,11 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     runs = [probe.runner(bench.spec(row.path))[0] for row in rows]
     p50s: list[dict[str, list[float]]] = [{b: [] for b in row.latency} for row in rows]
     for k in range(rounds):
-        for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
-            for b, found in p50s[i].items():
-                found.append(float(np.median(probe.timings(runs[i], arrays, int(b), bench.target.warmup, repeats))))
+        for b in batches:  # all files at one batch size, then the next: a round's batch-1 times lie seconds apart
+            for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
+                if str(b) in p50s[i]:
+                    times = probe.timings(runs[i], arrays, b, bench.target.warmup, repeats)
+                    p50s[i][str(b)].append(float(np.median(times)))
     for row, found in zip(rows, p50s, strict=True):
         row.latency = {b: float(np.median(values)) for b, values in found.items()}
 

@@ -47,7 +47,6 @@ BATCHES = [1, 32]
 PARETO_INT8 = [{"quantize": {"mode": "auto"}}]  # the built-in `int8` recipe's step
 INSTALL_TIMEOUT_S = 3600
 RUN_TIMEOUT_S = 3600
-ROUNDS = {**ROUNDS, "minilm": 5}  # default --rounds: fewer outputs than shrink.py, more rounds
 NOISE = 0.05  # p50 differences below this fraction are flagged as noise in the notes (never in the verdict)
 ORT_PINS = ("onnx==1.23.2", "onnxruntime==1.32.0")  # the versions Pareto's own environment runs
 

@@ -43,6 +43,7 @@ MINILM = [
     ("drop_layers keep every 2nd", [{"drop_layers": {"keep_every": 2}}]),
     ("factorize rank 50%", [{"factorize": {"rank_ratio": 0.5}}]),
     ("cluster 32", [{"cluster": {"clusters": 32}}]),
+    ("optimize_graph extended (fusion)", [{"optimize_graph": {"level": "extended"}}]),
 ]
 
 
