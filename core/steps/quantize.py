@@ -28,8 +28,9 @@ class Quantize(StepParams):
         "activations in QDQ format, calibrated on the job's dataset. weight_only: int4 weights in blocks "
         "(MatMulNBits). float: fp16 (computed in fp16 where the execution provider has kernels) or bf16 (weights "
         "stored in bf16, computed in fp32 after onnxruntime folds the casts at load). auto: tries the int8 "
-        "modes that apply (static needs a dataset), measures fidelity and latency on the target, keeps the "
-        "fastest one that holds min_fidelity (else the most faithful).",
+        "modes that apply (static needs a dataset; dynamic also on the transformer-fused graph where onnxruntime "
+        "can fuse the model's encoder layers), measures fidelity and latency on the target, keeps the fastest "
+        "one that holds min_fidelity (else the most faithful).",
     )
     dtype: Literal["int8", "int4", "fp16", "bf16"] | None = Field(
         None, description="Target precision; unset: the mode's own (int8; int4 for weight_only; fp16 for float), "
