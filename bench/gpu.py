@@ -45,7 +45,8 @@ def measure(ref, steps, accelerator: str, repeats: int, reference):
     handle = ModelHandle(ref.onnx)
     for i, step in enumerate(recipe.steps if steps else [], 1):
         ctx = StepContext(workdir=work / f"s{i}", settings=Settings(), inputs=ref.specs, data=data,
-                          device="cuda", providers=bench.providers, teachers={"baseline": ref.onnx})
+                          device="cuda", providers=bench.providers, teachers={"baseline": ref.onnx},
+                          batch_sizes=recipe.target.batch_sizes)
         handle = apply_step(handle, step, ctx)
     return bench.run(handle.onnx_path, reference)
 

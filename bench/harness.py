@@ -105,7 +105,7 @@ def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[i
     teachers = {"baseline": ref.onnx}
     for i, step in enumerate(recipe.steps if steps else [], 1):
         ctx = StepContext(workdir=work / f"s{i}", settings=Settings(), inputs=ref.specs, data=data,
-                          threads=bench.threads, teachers=dict(teachers))
+                          threads=bench.threads, batch_sizes=recipe.target.batch_sizes, teachers=dict(teachers))
         handle = apply_step(handle, step, ctx)
         teachers[str(i)] = handle.onnx_path
     return _row(ref, label, bench, handle.onnx_path, baseline_outputs, time.monotonic() - start)

@@ -32,6 +32,7 @@ class StepContext:
     device: str = "cpu"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     threads: int = 1
+    batch_sizes: list[int] = field(default_factory=lambda: [1])  # the target's, where steps time variants
     calibration_samples: int = 256
     teachers: dict[str, Path] = field(default_factory=dict)  # "baseline", "1", "2", ...: models that may teach
     goals: list = field(default_factory=list)  # the recipe's goals (quantize's fallback checks the quality ones)

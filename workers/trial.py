@@ -1,5 +1,6 @@
 """Quick in-process comparisons a step makes to choose between variants: fidelity to a reference model
-on the job's samples, and batch-1 latency on the target. (The report's numbers come from the probe.)"""
+on the job's samples, and latency on the target at each of its batch sizes. (The report's numbers come
+from the probe.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 from workers.handle import StepContext
 
 SAMPLES = 64
-ROUNDS = 15
+ROUNDS = 15  # at batch 1; batch b gets ROUNDS // b rounds, at least MIN_ROUNDS (a MiniLM batch of 32: 0.3 s a run)
+MIN_ROUNDS = 3
 ROUND_RUNS = 4  # timed runs per round at least,
 ROUND_S = 0.003  # and for at least this long: a model of some microseconds gets dozens of runs a round
 
@@ -20,7 +22,7 @@ ROUND_S = 0.003  # and for at least this long: a model of some microseconds gets
 @dataclass
 class Trial:
     fidelity: float  # top-1 agreement for classifiers (integer labels), else mean cosine
-    latency_ms: float  # median, batch 1
+    latency_ms: dict[int, float]  # batch size -> median ms
 
 
 def session(path: Path, ctx: StepContext):
@@ -47,9 +49,12 @@ def agreement(reference: np.ndarray, output: np.ndarray, classification: bool) -
     return float(np.mean((a * b).sum(1) / norms))
 
 
-def latency(sess, samples: dict[str, np.ndarray], runs: int = ROUND_RUNS, seconds: float = ROUND_S) -> float:
-    """Median batch-1 time in ms over at least `runs` runs and `seconds`, after a warm-up."""
-    feed = {k: v[:1] for k, v in samples.items()}
+def latency(sess, samples: dict[str, np.ndarray], batch: int = 1, runs: int = ROUND_RUNS,
+            seconds: float = ROUND_S) -> float:
+    """Median time in ms of one batch of `batch` samples, over at least `runs` runs and `seconds`, after a
+    warm-up."""
+    rows = np.arange(batch) % len(next(iter(samples.values())))
+    feed = {k: v[rows] for k, v in samples.items()}
     for _ in range(5):
         sess.run(None, feed)
     times: list[float] = []
@@ -61,18 +66,32 @@ def latency(sess, samples: dict[str, np.ndarray], runs: int = ROUND_RUNS, second
 
 
 def compare(reference: Path, candidates: dict[str, Path], ctx: StepContext, rounds: int = ROUNDS) -> dict[str, Trial]:
-    """Each candidate's fidelity to `reference`, and its batch-1 latency measured side by side with the others:
-    in interleaved rounds, so that load that comes and goes on the machine slows every candidate alike instead
-    of whichever happened to be measured then; the median round is kept (the lowest, a single lucky round,
-    let two near-identical int8 variants swap places from run to run)."""
+    """Each candidate's fidelity to `reference`, and its latency at each of the target's batch sizes measured
+    side by side with the others: in interleaved rounds, so that load that comes and goes on the machine slows
+    every candidate alike instead of whichever happened to be measured then; the median round is kept (the
+    lowest, a single lucky round, let two near-identical int8 variants swap places from run to run)."""
     ref = session(reference, ctx)
     classification = ctx.data.task == "classification"
     expected = outputs(ref, ctx.samples)
     sessions = {label: session(path, ctx) for label, path in candidates.items()}
     fidelity = {label: agreement(expected, outputs(sess, ctx.samples), classification)
                 for label, sess in sessions.items()}
-    times: dict[str, list[float]] = {label: [] for label in sessions}
-    for _ in range(rounds):
-        for label, sess in sessions.items():
-            times[label].append(latency(sess, ctx.samples))
-    return {label: Trial(fidelity[label], float(np.median(times[label]))) for label in sessions}
+    times: dict[str, dict[int, list[float]]] = {label: {b: [] for b in ctx.batch_sizes} for label in sessions}
+    for batch in ctx.batch_sizes:
+        for _ in range(max(MIN_ROUNDS, rounds // batch)):
+            for label, sess in sessions.items():
+                times[label][batch].append(latency(sess, ctx.samples, batch))
+    return {label: Trial(fidelity[label], {b: float(np.median(t)) for b, t in times[label].items()})
+            for label in sessions}
+
+
+def slowness(trials: dict[str, Trial]) -> dict[str, float]:
+    """For each candidate, how much slower than the fastest it is at the batch size where it falls furthest
+    behind (1.0: the fastest at every batch size)."""
+    batches = next(iter(trials.values())).latency_ms
+    best = {b: min(t.latency_ms[b] for t in trials.values()) for b in batches}
+    return {label: max(t.latency_ms[b] / best[b] for b in batches) for label, t in trials.items()}
+
+
+def timings(trial: Trial) -> str:
+    return ", ".join(f"{t:.3f} ms at batch {b}" for b, t in trial.latency_ms.items())

@@ -141,6 +141,7 @@ def run_node(ws: Workspace, fleet: Fleet, node: Node, checkpoint: Callable[[str]
     ctx = StepContext(
         workdir=ws.workdir / f"{node.id}-{step.name}", settings=ws.settings, inputs=ws.model.inputs, data=ws.data,
         seed=recipe.data.seed, device=recipe.target.device, providers=ws.bench.providers, threads=ws.bench.threads,
+        batch_sizes=[ws.bench.fixed_batch] if ws.bench.fixed_batch else recipe.target.batch_sizes,
         calibration_samples=recipe.data.calibration_samples,
         teachers={k: ws.local(v) for k, v in node.teachers.items()}, checkpoint=checkpoint,
         goals=recipe.goals, metrics=ws.bench.metrics,

@@ -76,3 +76,13 @@ def test_channel_spread_is_for_dynamic_per_channel_only():
         Quantize(mode="static", channel_spread=4)
     with pytest.raises(ValidationError, match="channel_spread"):
         Quantize(mode="dynamic", per_channel=False, channel_spread=4)
+
+
+def test_a_variant_is_as_slow_as_it_is_at_its_worst_batch_size():
+    from workers.trial import Trial, slowness
+
+    trials = {"fast at 1": Trial(1.0, {1: 10.0, 32: 130.0}), "fast at 32": Trial(1.0, {1: 11.0, 32: 100.0}),
+              "even": Trial(1.0, {1: 10.2, 32: 102.0})}
+    slow = slowness(trials)
+    assert slow == pytest.approx({"fast at 1": 1.3, "fast at 32": 1.1, "even": 1.02})
+    assert min(slow, key=slow.get) == "even"

@@ -16,7 +16,7 @@ from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
-from workers.trial import compare
+from workers.trial import compare, slowness, timings
 
 logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's advice is noise in worker logs
 
@@ -182,7 +182,7 @@ def int8(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | 
     return out
 
 
-TIE = 1.05  # latencies within 5 % of the fastest count as equal (run-to-run noise): the smaller file wins
+TIE = 1.05  # within 5 % of the fastest at every batch size counts as equal (run-to-run noise): the smaller file wins
 MIXED_SPREAD = 4.0  # auto's per-layer variant: per channel where channel ranges spread wider than this
 
 
@@ -199,14 +199,13 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
     results = compare(src, built, ctx)
     holding = [v for v, r in results.items() if r.fidelity >= p.min_fidelity]
     if holding:
-        fastest = min(results[v].latency_ms for v in holding)
-        tied = [v for v in holding if results[v].latency_ms <= fastest * TIE]
+        slow = slowness({v: results[v] for v in holding})
+        tied = [v for v in holding if slow[v] <= min(slow.values()) * TIE]
         chosen = min(tied, key=lambda v: (built[v].stat().st_size, -results[v].fidelity))
     else:
         chosen = max(results, key=lambda v: results[v].fidelity)
     ctx.notes.append(f"quantize auto chose {chosen}: " + "; ".join(
-        f"{v} fidelity {r.fidelity:.4f}, {r.latency_ms:.3f} ms, {built[v].stat().st_size} bytes"
-        for v, r in results.items()))
+        f"{v} fidelity {r.fidelity:.4f}, {timings(r)}, {built[v].stat().st_size} bytes" for v, r in results.items()))
     return built[chosen], *variants[chosen]
 
 
