@@ -55,7 +55,7 @@ def latency(sess, samples: dict[str, np.ndarray], batch: int = 1, runs: int = RO
     warm-up."""
     rows = np.arange(batch) % len(next(iter(samples.values())))
     feed = {k: v[rows] for k, v in samples.items()}
-    for _ in range(5):
+    for _ in range(max(1, 5 // batch)):  # a batch of 32 warms up in one run
         sess.run(None, feed)
     times: list[float] = []
     while len(times) < runs or sum(times) < seconds:
