@@ -1,9 +1,10 @@
 """Transformer fusion: onnxruntime's transformer optimizer rewrites each encoder layer into its fused
 operators (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), which quantize
-whole (Attention -> QAttention). On all-MiniLM-L6-v2 (batch 1, sequence 128, measured side by side on this
-2-core CPU): at 2 threads fp32 1.23x faster and dynamic int8 2.24x faster than fp32, where int8 of the
-unfused graph gives 2.03x; at 1 thread the fused graphs are the slower ones (fp32 0.94x, int8 2.06x against
-2.36x). Which to use is therefore measured, not assumed (quantize auto measures both).
+whole (Attention -> QAttention). On all-MiniLM-L6-v2 (batch 1, sequence 128, side by side on a 2-core
+CPU): at 2 threads once fp32 1.23x faster and dynamic int8 2.24x faster than fp32 where int8 of the unfused
+graph gave 2.03x, minutes later the unfused int8 4 % ahead; at 1 thread the fused graphs were the slower
+ones (fp32 0.94x, int8 2.06x against 2.36x). Which to use is therefore measured per job, not assumed
+(quantize auto and optimize_graph time both).
 
 The optimizer recognises the attention pattern of a classic (eager) BERT-style export; its head count
 comes from each layer's reshapes, so a head count the export left to inference (-1) is written in first,
