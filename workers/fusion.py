@@ -60,3 +60,8 @@ def _explicit_head_count(graph: Graph, group: ChannelGroup) -> None:
             if count is not None and head_dim is not None and count.size == 1 and int(count.item()) == -1 \
                     and int(head_dim.item()) == group.unit:
                 concat.input[2] = graph.add_initializer(f"{op.name}/heads", np.array([heads], np.int64))
+
+
+def described(counts: dict[str, int]) -> str:
+    """"6 Attention, 12 SkipLayerNormalization, ...": what a fusion made, for a candidate's notes."""
+    return ", ".join(f"{n} {op}" for op, n in counts.items() if n)

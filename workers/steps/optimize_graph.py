@@ -4,7 +4,7 @@ that write onnxruntime operators, transformer encoders are fused first (workers/
 from __future__ import annotations
 
 from core.steps.optimize_graph import OptimizeGraph
-from workers.fusion import fuse_transformer
+from workers.fusion import described, fuse_transformer
 from workers.handle import ModelHandle, StepContext
 from workers.steps import implements
 from workers.trial import compare, slowness, timings
@@ -43,7 +43,7 @@ def _fused(src, ctx: StepContext):
     trials = compare(src, {"fused": fused, "unfused": src}, ctx)
     slow, same = slowness(trials), trials["fused"].fidelity
     keep = same >= SAME and slow["fused"] < slow["unfused"]
-    what = ", ".join(f"{n} {op}" for op, n in counts.items() if n)
-    ctx.notes.append(f"optimize_graph: transformer fusion ({what}) {'applied' if keep else 'left out'}: fused "
+    verdict = "applied" if keep else "left out"
+    ctx.notes.append(f"optimize_graph: transformer fusion ({described(counts)}) {verdict}: fused "
                      f"{timings(trials['fused'])}; unfused {timings(trials['unfused'])}; outputs' cosine {same:.5f}")
     return fused if keep else None

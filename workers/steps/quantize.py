@@ -11,7 +11,7 @@ import onnx
 
 from core.errors import InvalidRecipe
 from core.steps.quantize import Quantize
-from workers.fusion import fuse_transformer
+from workers.fusion import described, fuse_transformer
 from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.sensitivity import fallback_layers, quality_goals
@@ -215,12 +215,11 @@ def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quant
     onnxruntime can fuse, the dynamic ones also start from the fused graph (its layers quantize whole; which
     is faster depends on the target and its threads: on a 2-core CPU the two came out within a few % of each
     other at 2 threads, either way round, and the unfused one clearly ahead at 1)."""
-    sources = {"": src}
-    fused = fuse_transformer(src, ctx.path("auto-fused.onnx"))
-    if fused:
-        sources["fused "] = ctx.path("auto-fused.onnx")
-        ctx.notes.append("quantize auto: transformer layers fused for the fused variants ("
-                         + ", ".join(f"{n} {op}" for op, n in fused.items() if n) + ")")
+    sources, fused = {"": src}, ctx.path("auto-fused.onnx")
+    counts = fuse_transformer(src, fused)
+    if counts:
+        sources["fused "] = fused
+        ctx.notes.append(f"quantize auto: transformer layers fused for the fused variants ({described(counts)})")
     static = ctx.from_dataset and _has_float_weights(src)
     scales = [True, False] if p.per_channel else [False]
     variants = {}
