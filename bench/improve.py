@@ -24,7 +24,7 @@ def steps_of(name: str, without: tuple[str, ...] = ()) -> list[dict]:
 
 CNN = [
     ("baseline (fp32)", []),
-    ("shrink only: prune 50% + int8", steps_of("shrink-and-improve", ("distill",))),
+    ("shrink only: prune 70% + quantize", steps_of("shrink-and-improve", ("distill",))),
     ("shrink-and-improve", steps_of("shrink-and-improve")),
     ("grow-improve-and-shrink", steps_of("grow-improve-and-shrink")),
     ("efficient layers, before recovery", steps_of("efficient-layers-and-distill", ("distill",))),

@@ -29,6 +29,8 @@ def test_shrink_and_improve_recovers_what_the_shrink_lost(api, digits_job):
     assert base["size_bytes"] / m["size_bytes"] >= 3 and base["macs"] / m["macs"] >= 3
     assert plain["metrics"]["quality"]["accuracy"] < m["quality"]["accuracy"] - 0.02
     assert set(m["quality"]) == {"accuracy", "macro_f1"} and "accuracy" in final["vs_baseline"]["quality_delta"]
+    choice = next(n for n in final["notes"] if n.startswith("quantize auto"))  # int8 or the float model, timed
+    assert "float (not quantized) fidelity 1.0000" in choice and "static per-tensor" in choice
     assert report["measurement"]["samples"] == 450 and report["measurement"]["train_samples"] == 1347
 
 

@@ -53,6 +53,11 @@ class Quantize(StepParams):
     )
     exclude: list[str] = Field(default_factory=list, description="Node-name globs to keep in float.")
     min_fidelity: float = Field(0.99, gt=0, le=1, description="auto: the cosine / top-1 agreement to keep.")
+    keep_float_if_faster: bool = Field(
+        False, description="auto: also time the input model, and keep it unquantized when it is faster on the "
+        "target than the chosen int8 variant (beyond the 5 % counted as a tie, at the batch size where the int8 "
+        "one falls furthest behind): small models can run slower in int8, where quantizing and reordering "
+        "activations costs more than the integer kernels save. The notes say which was kept and why.")
     fallback: bool = Field(True, description="int8: when the result misses the recipe's quality goals, rank the "
                            "quantized layers by sensitivity and keep the most sensitive ones in float, one more at a "
                            "time, until the goals hold (the report says which, or that it could not).")
@@ -62,6 +67,8 @@ class Quantize(StepParams):
         allowed = DTYPES_BY_MODE[self.mode]
         if self.dtype is not None and self.dtype not in allowed:
             raise ValueError(f"mode {self.mode!r} takes dtype {' or '.join(allowed)}, not {self.dtype!r}")
+        if self.keep_float_if_faster and self.mode != "auto":
+            raise ValueError("keep_float_if_faster applies to mode auto")
         if self.channel_spread is not None and not (self.mode == "dynamic" and self.per_channel):
             raise ValueError("channel_spread applies to mode dynamic with per_channel")
         if self.block_size not in (16, 32, 64, 128, 256):

@@ -86,3 +86,44 @@ def test_a_variant_is_as_slow_as_it_is_at_its_worst_batch_size():
     slow = slowness(trials)
     assert slow == pytest.approx({"fast at 1": 1.3, "fast at 32": 1.1, "even": 1.02})
     assert min(slow, key=slow.get) == "even"
+
+
+def test_the_float_model_is_kept_only_when_int8_is_clearly_slower(tmp_path):
+    from workers.steps.quantize import FLOAT, quickest
+    from workers.trial import Trial
+
+    files = {FLOAT: tmp_path / "float.onnx", "int8": tmp_path / "int8.onnx"}
+    files[FLOAT].write_bytes(b"f" * 4000)
+    files["int8"].write_bytes(b"i" * 1000)
+
+    def kept(float_ms: dict, int8_ms: dict) -> str:
+        return quickest(["int8", FLOAT], {FLOAT: Trial(1.0, float_ms), "int8": Trial(0.995, int8_ms)}, files)
+
+    assert kept({1: 10.0, 32: 100.0}, {1: 12.0, 32: 90.0}) == FLOAT  # 20 % behind at batch 1
+    assert kept({1: 10.0, 32: 100.0}, {1: 10.3, 32: 101.0}) == "int8"  # a tie: the smaller file
+    assert kept({1: 10.0, 32: 100.0}, {1: 11.0, 32: 60.0}) == "int8"  # float is 1.67x behind at batch 32
+    with pytest.raises(ValidationError, match="keep_float_if_faster"):
+        Quantize(mode="dynamic", keep_float_if_faster=True)
+
+
+def test_auto_times_the_float_model_with_the_variants_and_says_which_it_kept(tmp_path):
+    from core.assets import TensorSpec
+    from core.recipe import Recipe
+    from core.settings import Settings
+    from workers.handle import ModelHandle, StepContext
+    from workers.inputs import job_data
+    from workers.steps import apply_step
+
+    src = tmp_path / "m.onnx"
+    _two_layers(src)
+    specs = [TensorSpec(name="x", dtype="float32", shape=["batch", 32])]
+    data = job_data(None, specs, Recipe.model_validate({"steps": [{"quantize": {}}]}))
+    data.train.inputs["x"] = data.eval.inputs["x"] = np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32)
+    ctx = StepContext(workdir=tmp_path / "work", settings=Settings(), inputs=specs, data=data, batch_sizes=[1, 8])
+    out = apply_step(ModelHandle(src), Quantize(mode="auto", keep_float_if_faster=True), ctx).onnx_path
+    note = next(n for n in ctx.notes if n.startswith("quantize auto"))
+    assert "float (not quantized) fidelity 1.0000" in note and "dynamic per-tensor fidelity" in note
+    assert "at batch 8" in note
+    kept_float = note.startswith("quantize auto kept the float model")
+    assert (out.read_bytes() == src.read_bytes()) == kept_float
+    assert kept_float or any(n.op_type == "MatMulInteger" for n in onnx.load(str(out)).graph.node)

@@ -4,6 +4,7 @@ storage, and `auto`, which measures the int8 modes that apply and keeps the best
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from workers.handle import ModelHandle, StepContext
 from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
-from workers.trial import compare, slowness, timings
+from workers.trial import Trial, compare, slowness, timings
 
 logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's advice is noise in worker logs
 
@@ -164,7 +165,10 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
                             code="dataset_required")
     if p.mode == "auto":
-        out, p, src = auto(src, p, ctx)
+        chosen = auto(src, p, ctx)
+        if chosen is None:  # the float input was faster on the target than any int8 variant
+            return ModelHandle(Path(shutil.copyfile(src, out)))
+        out, p, src = chosen
     else:
         int8(src, out, p, ctx)
     if p.fallback and quality_goals(ctx):
@@ -186,27 +190,37 @@ TIE = 1.05  # within 5 % of the fastest at every batch size counts as equal (run
 MIXED_SPREAD = 4.0  # auto's per-layer variant: per channel where channel ranges spread wider than this
 
 
-def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path]:
+def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path] | None:
     """Each int8 variant that applies (see _variants), measured on the target against the input model. Among
     those that hold min_fidelity: the fastest, the smaller file among equally fast ones; if none holds, the
-    most faithful. The figures go into the notes. Returns the chosen file, its settings and its source."""
+    most faithful. With keep_float_if_faster, the input model is timed with them and None returned when it beats
+    the chosen variant the same way. The figures go into the notes. Returns the chosen file, its settings and
+    its source."""
     variants = _variants(src, p, ctx)
     built = {}
     for label, (variant, source) in variants.items():
         ctx.checkpoint(f"quantize auto: building {label}")
         built[label] = int8(source, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
     ctx.checkpoint("quantize auto: measuring the int8 variants")
-    results = compare(src, built, ctx)
-    holding = [v for v, r in results.items() if r.fidelity >= p.min_fidelity]
-    if holding:
-        slow = slowness({v: results[v] for v in holding})
-        tied = [v for v in holding if slow[v] <= min(slow.values()) * TIE]
-        chosen = min(tied, key=lambda v: (built[v].stat().st_size, -results[v].fidelity))
-    else:
-        chosen = max(results, key=lambda v: results[v].fidelity)
-    ctx.notes.append(f"quantize auto chose {chosen}: " + "; ".join(
-        f"{v} fidelity {r.fidelity:.4f}, {timings(r)}, {built[v].stat().st_size} bytes" for v, r in results.items()))
-    return built[chosen], *variants[chosen]
+    files = {**built, **({FLOAT: src} if p.keep_float_if_faster else {})}
+    results = compare(src, files, ctx)
+    holding = [v for v in built if results[v].fidelity >= p.min_fidelity]
+    chosen = quickest(holding, results, files) if holding else max(built, key=lambda v: results[v].fidelity)
+    if p.keep_float_if_faster:
+        chosen = quickest([chosen, FLOAT], results, files)
+    ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: " + "; ".join(
+        f"{v} fidelity {r.fidelity:.4f}, {timings(r)}, {files[v].stat().st_size} bytes" for v, r in results.items()))
+    return None if chosen == FLOAT else (built[chosen], *variants[chosen])
+
+
+FLOAT = "float (not quantized)"
+
+
+def quickest(labels: list[str], results: dict[str, Trial], files: dict[str, Path]) -> str:
+    """The fastest of `labels` at its worst batch size, the smallest file among those within TIE of it."""
+    slow = slowness({v: results[v] for v in labels})
+    tied = [v for v in labels if slow[v] <= min(slow.values()) * TIE]
+    return min(tied, key=lambda v: (files[v].stat().st_size, -results[v].fidelity))
 
 
 def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quantize, Path]]:
