@@ -123,10 +123,14 @@ def start_seaweedfs(data_dir: Path, port: int, access_key: str, secret_key: str,
     config.write_text(json.dumps(identities))
     config.chmod(0o600)
     master, volume, filer = port + 1, port + 2, port + 3
+    # Volumes of 64 MB, as many as the free disk holds (-volume.max=0): each bucket (the tests and benches make one
+    # per stack) takes 7 volumes at once, and at 1024 MB a disk with 77 GB free ran out of volumes after 11
+    # buckets ("No writable volumes and no free volumes left"). Objects are written in chunks of a few MB, so a
+    # model larger than a volume still fits.
     argv = [weed_binary(), "server", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-master.port.grpc={master + 10000}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}", "-volume.max=0",
-            "-master.volumeSizeLimitMB=1024", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
+            "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
             "-s3", f"-s3.port={port}", f"-s3.port.grpc={port + 10000}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
     proc = spawn("seaweedfs", argv, data_dir / "logs")

@@ -3,8 +3,9 @@ ones running (so that a node whose worker died is run again, not lost), and the 
 
 The job's own task (the coordinator) and helper tasks on other workers all take ready nodes from the same
 set, the one with the most work below it first (its critical path: training epochs count most), so that the
-long chains start early and the quick leaves fill the gaps. Keys are scoped by the job's attempt, so a
-redelivered job starts a clean run.
+long chains start early and the quick leaves fill the gaps. A node's children become ready as soon as its
+model is made and shared (`release`), while its own worker is still measuring it. Keys are scoped by the
+job's attempt, so a redelivered job starts a clean run.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class Fleet:
             return
         pipe = self.r.pipeline()
         pipe.hset(self._k("plan"), mapping={n.id: n.to_json() for n in nodes})
-        for name in ("plan", "ready", "leases", "done", "failed", "closed"):
+        for name in ("plan", "ready", "leases", "made", "done", "failed", "closed"):
             pipe.expire(self._k(name), KEY_TTL_S)
         pipe.execute()
-        runnable = [n.id for n in nodes if n.parent == BASELINE or self.r.hexists(self._k("done"), n.parent)]
+        runnable = [n.id for n in nodes if n.parent == BASELINE or self.made(n.parent)]
         self._make_ready(runnable)
         # The new nodes may lengthen the paths below the waiting ones: rescored, only while still waiting
         # (XX never adds back a node another worker has taken meanwhile).
@@ -77,14 +78,21 @@ class Fleet:
     def renew(self, node_id: str) -> None:
         self.r.hset(self._k("leases"), node_id, time.time() + self.lease_s)
 
+    def release(self, node: Node) -> None:
+        """The node's model is shared: its children may start. Once only (a rerun node releases nothing)."""
+        added = self.r.sadd(self._k("made"), node.id)
+        self.r.expire(self._k("made"), KEY_TTL_S)
+        if added and not self.closed():
+            self._make_ready([n.id for n in self.plan().values() if n.parent == node.id])
+
+    def made(self, node_id: str) -> bool:
+        return bool(self.r.sismember(self._k("made"), node_id))
+
     def finish(self, node: Node, candidate: dict) -> None:
         pipe = self.r.pipeline()
         pipe.hset(self._k("done"), node.id, json.dumps(candidate))
         pipe.hdel(self._k("leases"), node.id)
         pipe.execute()
-        children = [n.id for n in self.plan().values() if n.parent == node.id]
-        if not self.closed():
-            self._make_ready(children)
 
     def fail(self, node: Node, code: str, message: str) -> None:
         pipe = self.r.pipeline()

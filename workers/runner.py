@@ -24,7 +24,7 @@ from core.objectstore import ObjectStore, job_prefix
 from core.settings import Settings, get_settings
 from workers import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
 from workers.fleet import Fleet
-from workers.pipeline import Stored, run_recipe
+from workers.pipeline import POLL_S, Stored, run_recipe
 from workers.webhooks import notify
 from workers.workspace import attach, run_node
 
@@ -173,7 +173,7 @@ def help_run(job: Job, fleet: Fleet, settings: Settings, jobs: JobStore, objects
     while not fleet.closed() and time.monotonic() - idle_since < HELPER_IDLE_S:
         node = fleet.take()
         if node is None:
-            time.sleep(0.3)
+            time.sleep(POLL_S)
             continue
         checkpoint("")
         if ws is None:

@@ -150,9 +150,10 @@ def run_node(ws: Workspace, fleet: Fleet, node: Node, checkpoint: Callable[[str]
         started = time.monotonic()
         result = apply_step(ModelHandle(ws.local(node.parent)), step, ctx)
         record_step(step.name, time.monotonic() - started)  # /metrics
+        ws.share(node.id, result.onnx_path)
+        fleet.release(node)  # its children may start on other workers while this one measures it
         checkpoint(f"{node.id}: measuring the result of {step.name}")
         metrics, _, notes = ws.bench.run(result.onnx_path, ws.reference)
-        ws.share(node.id, result.onnx_path)
     candidate = Candidate(id=node.id, parent_id=node.parent, steps=node.steps, metrics=metrics,
                           notes=ctx.notes + notes)
     fleet.finish(node, candidate.model_dump(mode="json"))

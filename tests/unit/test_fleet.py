@@ -33,9 +33,25 @@ def test_ready_nodes_are_taken_longest_chain_first_and_each_once(services):
     assert fleet.waiting() == 2
     first, second = fleet.take(), fleet.take()
     assert (first.id, second.id) == ("c3", "c1") and fleet.take() is None
-    fleet.finish(second, {"id": "c1"})  # c1's child joins: still below what c3 leads to
-    fleet.finish(first, {"id": "c3"})
+    fleet.release(second)  # c1's model is made: its child joins, still below what c3 leads to
+    fleet.release(first)
     assert [fleet.take().id for _ in range(2)] == ["c4", "c2"]
+
+
+def test_children_start_when_the_model_is_made_once_only(services):
+    """A node's children are ready before it is measured; a rerun of it (its worker died) adds none again,
+    and a child planned after the release is ready at once."""
+    r = redis.Redis.from_url(services[0])
+    fleet = Fleet(r, f"j_{secrets.token_hex(8)}", 1)
+    fleet.publish(PLAN[:2])
+    c1 = fleet.take()
+    assert fleet.take() is None and not fleet.made("c1")
+    fleet.release(c1)
+    assert fleet.made("c1") and fleet.take().id == "c2"  # while c1 is still being measured
+    fleet.release(c1)
+    assert fleet.take() is None
+    fleet.publish([node("c6", "c1", {"quantize": {"mode": "static"}})])
+    assert fleet.take().id == "c6" and fleet.done() == {}
 
 
 def test_rescoring_never_brings_back_a_taken_node(services):
