@@ -26,4 +26,7 @@ class Prune(LayerSelection):
     scope: Literal["per_layer", "global"] = Field("per_layer", description="magnitude: one threshold per layer "
                                                   "or one for all layers.")
     heads: bool = Field(True, description="structured: prune attention heads too, at the same ratio.")
-    round_to: int = Field(1, ge=1, le=128, description="structured: keep a multiple of this many channels.")
+    round_to: int = Field(
+        1, ge=1, le=128, description="structured: keep a multiple of this many channels in each layer (at least "
+        "this many). 8 or 16 lets CPU kernels that work on blocks of channels apply: the digits CNN with 70 % of its "
+        "channels pruned ran about 3.5x faster at batch 32 with 8 than with the exact counts (10, 19, 38).")
