@@ -1,4 +1,5 @@
-"""Per-layer scale granularity for dynamic int8: per channel only where the channels' ranges spread."""
+"""Per-layer scale granularity for dynamic int8 (per channel only where the channels' ranges spread), and how
+`auto` chooses between its variants and the float model."""
 
 import numpy as np
 import onnx

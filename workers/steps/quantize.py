@@ -188,6 +188,7 @@ def int8(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | 
 
 TIE = 1.05  # within 5 % of the fastest at every batch size counts as equal (run-to-run noise): the smaller file wins
 MIXED_SPREAD = 4.0  # auto's per-layer variant: per channel where channel ranges spread wider than this
+FLOAT = "float (not quantized)"  # auto's label for the input model, timed with the variants (keep_float_if_faster)
 
 
 def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path] | None:
@@ -211,9 +212,6 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
     ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: " + "; ".join(
         f"{v} fidelity {r.fidelity:.4f}, {timings(r)}, {files[v].stat().st_size} bytes" for v, r in results.items()))
     return None if chosen == FLOAT else (built[chosen], *variants[chosen])
-
-
-FLOAT = "float (not quantized)"
 
 
 def quickest(labels: list[str], results: dict[str, Trial], files: dict[str, Path]) -> str:
