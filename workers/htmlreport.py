@@ -40,6 +40,7 @@ def _plot(report: Report, x_metric: str, x_label: str) -> str:
     plt = pyplot()
     everything = [report.baseline, *report.candidates]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.97, bottom=0.12)  # fixed margins: one draw, not two
     xs = [G.value(c, x_metric) or 0.0 for c in everything]
     ax.scatter(xs, [_quality(c) for c in everything], c=["#c00" if c.regressions else "#79a" for c in everything],
                s=28, zorder=2, label="candidates")
@@ -53,10 +54,11 @@ def _plot(report: Report, x_metric: str, x_label: str) -> str:
         ax.annotate(c.id, (x, _quality(c)), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(x_label)
     ax.set_ylabel("quality (" + (next(iter(report.baseline.metrics.quality), "fidelity cosine")) + ")")
+    ax.margins(x=0.1, y=0.1)  # room for the labels beside the outermost points
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg")
     plt.close(fig)
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]
