@@ -18,6 +18,7 @@ import redis
 from workers.plan import BASELINE, Node
 
 KEY_TTL_S = 7 * 24 * 3600
+POLL_S = 0.1  # how often an idle worker looks for ready work (Redis reads: cheap)
 
 
 class Fleet:
@@ -84,6 +85,13 @@ class Fleet:
         self.r.expire(self._k("made"), KEY_TTL_S)
         if added and not self.closed():
             self._make_ready([n.id for n in self.plan().values() if n.parent == node.id])
+
+    def baseline_measured(self) -> None:
+        """The baseline's outputs are shared: candidates can be compared with them."""
+        self.r.set(self._k("baseline"), 1, ex=KEY_TTL_S)
+
+    def baseline_ready(self) -> bool:
+        return bool(self.r.exists(self._k("baseline")))
 
     def made(self, node_id: str) -> bool:
         return bool(self.r.sismember(self._k("made"), node_id))

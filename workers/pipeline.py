@@ -1,6 +1,7 @@
-"""A job's coordinator: measure the baseline, plan the candidates (the recipe's steps, its comparison
-branch, or the search's trials) as a tree whose shared prefixes are computed once, run the nodes together
-with helper tasks on the other workers of the queue, and build the report from what was measured."""
+"""A job's coordinator: plan the candidates (the recipe's steps, its comparison branch, or the search's
+trials) as a tree whose shared prefixes are computed once, call helper tasks on the other workers of the
+queue, measure the baseline while they start, run the nodes with them, and build the report from what was
+measured."""
 
 from __future__ import annotations
 
@@ -19,16 +20,15 @@ from core.queue import TRIALS_TASK, celery_client, queue_for
 from core.report import Candidate, Failure, Measurement, Report, SearchSummary
 from core.settings import Settings
 from workers import goals as G
-from workers.fleet import Fleet
+from workers.fleet import POLL_S, Fleet
 from workers.htmlreport import render
 from workers.plan import BASELINE, Plan
 from workers.pt2 import onnx_to_program
 from workers.report import build
 from workers.trials import Trials
-from workers.workspace import Workspace, prepare, run_node
+from workers.workspace import Workspace, measure_baseline, prepare, run_node
 
 Checkpoint = Callable[[int, int, str], None]  # (done, total, message); raises JobCancelled
-POLL_S = 0.1  # how often an idle coordinator looks for ready nodes (Redis reads: cheap)
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,10 @@ class Outcome:
 
 
 class Coordinator:
-    def __init__(self, job: Job, ws: Workspace, fleet: Fleet, baseline: Candidate, checkpoint: Checkpoint):
-        self.job, self.ws, self.fleet, self.baseline, self.checkpoint = job, ws, fleet, baseline, checkpoint
-        self.plan, self.trials = Plan(), Trials(job.recipe, baseline)
+    def __init__(self, job: Job, ws: Workspace, fleet: Fleet, checkpoint: Checkpoint):
+        self.job, self.ws, self.fleet, self.checkpoint = job, ws, fleet, checkpoint
+        self.baseline: Candidate | None = None  # measured while helpers start the first nodes
+        self.plan, self.trials = Plan(), Trials(job.recipe)
         self.ends: set[str] = set()  # nodes where a trial's path ends
         self.reported: set[str] = set()
         self.skipped: set[str] = set()
@@ -139,12 +140,16 @@ def _dispatch_helpers(job: Job, settings: Settings, count: int) -> None:
 
 def run_recipe(job: Job, model: ModelRecord, source: Path, workdir: Path, settings: Settings,
                checkpoint: Checkpoint, objects: ObjectStore, r: redis.Redis) -> Outcome:
+    """Plans the first nodes and calls the helpers before measuring the baseline, so that other workers start
+    on the first steps meanwhile (they measure what they make once the baseline's outputs are shared)."""
     fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s)
-    ws, baseline = prepare(job, model, source, settings, objects, workdir, lambda m: checkpoint(0, 1, m))
-    coordinator = Coordinator(job, ws, fleet, baseline, checkpoint)
+    tick = lambda m: checkpoint(0, 1, m)  # noqa: E731
+    ws = prepare(job, model, source, settings, objects, workdir, tick)
+    coordinator = Coordinator(job, ws, fleet, checkpoint)
     coordinator.add(coordinator.trials.first())
     _dispatch_helpers(job, settings, min(len(coordinator.plan.nodes) - 1, settings.max_fanout))
     try:
+        coordinator.baseline = coordinator.trials.baseline = measure_baseline(ws, fleet, tick)
         coordinator.loop()
     finally:
         fleet.close()
@@ -211,4 +216,4 @@ def _as_program(onnx_path: Path, out: Path, model: ModelRecord, samples, candida
     return path
 
 
-__all__ = ["BASELINE", "POLL_S", "Outcome", "Stored", "run_recipe"]
+__all__ = ["BASELINE", "Outcome", "Stored", "run_recipe"]

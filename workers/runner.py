@@ -23,8 +23,8 @@ from core.jobstore import JobStore, redis_client
 from core.objectstore import ObjectStore, job_prefix
 from core.settings import Settings, get_settings
 from workers import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
-from workers.fleet import Fleet
-from workers.pipeline import POLL_S, Stored, run_recipe
+from workers.fleet import POLL_S, Fleet
+from workers.pipeline import Stored, run_recipe
 from workers.webhooks import notify
 from workers.workspace import attach, run_node
 
@@ -166,7 +166,8 @@ def help_job(tenant: str, job_id: str, attempt: int) -> None:
 def help_run(job: Job, fleet: Fleet, settings: Settings, jobs: JobStore, objects: ObjectStore, workdir) -> None:
     def checkpoint(_message: str) -> None:  # the coordinator reports progress; helpers only stop
         current = jobs.load(job.id)
-        if current is None or current.cancel_requested or current.status is not JobStatus.running:
+        if (current is None or current.cancel_requested or current.status is not JobStatus.running
+                or current.attempts != job.attempts):  # redelivered: this attempt's coordinator is gone
             raise JobCancelled()
 
     ws, idle_since = None, time.monotonic()

@@ -13,8 +13,9 @@ TPE_PARALLEL = 4  # trials proposed ahead of results, so that several workers ha
 
 
 class Trials:
-    def __init__(self, recipe: Recipe, baseline: Candidate):
-        self.recipe, self.baseline = recipe, baseline
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        self.baseline: Candidate | None = None  # set once measured, before any result arrives
         self.search = recipe.search
         self.asked = 0
         self._open: dict[str, object] = {}  # end node id -> the Optuna trial waiting for its result

@@ -19,7 +19,7 @@ from core.objectstore import ObjectStore, job_prefix
 from core.report import Candidate
 from core.settings import Settings
 from core.steps import Step
-from workers.fleet import Fleet
+from workers.fleet import POLL_S, Fleet
 from workers.handle import ModelHandle, StepContext
 from workers.inputs import JobData, batch_dim, job_data
 from workers.measure import Bench, providers_for, resolve_threads
@@ -41,7 +41,7 @@ class Workspace:
     workdir: Path
     data: JobData
     bench: Bench
-    reference: list[np.ndarray]  # the baseline's outputs on the evaluation inputs
+    reference: list[np.ndarray]  # the baseline's outputs on the evaluation inputs; [] until measured / fetched
 
     @property
     def shared(self) -> str:
@@ -85,32 +85,47 @@ def _dataset(objects: ObjectStore, job: Job, workdir: Path) -> Path | None:
 
 
 def prepare(job: Job, model: ModelRecord, source: Path, settings: Settings, objects: ObjectStore, workdir: Path,
-            tick: Callable[[str], None]) -> tuple[Workspace, Candidate]:
-    """The coordinator's side: data, the baseline (converted from .pt2 when needed) measured, and what the
-    helpers need shared."""
+            tick: Callable[[str], None]) -> Workspace:
+    """The coordinator's side: data, bench, and the baseline (converted from .pt2 when needed) shared."""
     dataset = _dataset(objects, job, workdir)
     data, bench = _data_and_bench(job, model, settings, workdir, dataset)
     if model.format == "pt2":
         tick("converting the PyTorch program to ONNX")
         source = program_to_onnx(source, workdir / "baseline.onnx", model.inputs, model.outputs, data.eval.inputs,
                                  settings.max_upload_bytes)
-    tick("measuring the baseline")
-    metrics, reference, notes = bench.run(source, None)
-    ws = Workspace(job, model, settings, objects, workdir, data, bench, reference)
+    ws = Workspace(job, model, settings, objects, workdir, data, bench, [])
     ws.share(BASELINE, source)
-    ref_path = workdir / "reference.npz"
-    np.savez(ref_path, *reference)
-    objects.upload_file(ws.shared + "reference.npz", ref_path)
-    return ws, Candidate(id=BASELINE, metrics=metrics, notes=notes)
+    return ws
+
+
+def measure_baseline(ws: Workspace, fleet: Fleet, tick: Callable[[str], None]) -> Candidate:
+    """The baseline measured, and its outputs shared for the helpers to compare their candidates with."""
+    tick("measuring the baseline")
+    metrics, ws.reference, notes = ws.bench.run(ws.local(BASELINE), None)
+    ref_path = ws.workdir / "reference.npz"
+    np.savez(ref_path, *ws.reference)
+    ws.objects.upload_file(ws.shared + "reference.npz", ref_path)
+    fleet.baseline_measured()
+    return Candidate(id=BASELINE, metrics=metrics, notes=notes)
 
 
 def attach(job: Job, model: ModelRecord, settings: Settings, objects: ObjectStore, workdir: Path) -> Workspace:
-    """A helper's side: the same data and bench, the baseline's outputs from S3."""
+    """A helper's side: the same data and bench; the baseline's outputs come later (baseline_outputs)."""
     data, bench = _data_and_bench(job, model, settings, workdir, _dataset(objects, job, workdir))
-    ws = Workspace(job, model, settings, objects, workdir, data, bench, [])
-    with np.load(objects.download_file(ws.shared + "reference.npz", workdir / "reference.npz")) as ref:
-        ws.reference = [ref[f"arr_{i}"] for i in range(len(ref.files))]
-    return ws
+    return Workspace(job, model, settings, objects, workdir, data, bench, [])
+
+
+def baseline_outputs(ws: Workspace, fleet: Fleet, checkpoint: Callable[[str], None]) -> list[np.ndarray]:
+    """What candidates are compared with: a helper that made its node while the coordinator was still measuring
+    the baseline waits for it here."""
+    while not ws.reference:
+        if fleet.baseline_ready():
+            with np.load(ws.objects.download_file(ws.shared + "reference.npz", ws.workdir / "reference.npz")) as ref:
+                ws.reference = [ref[f"arr_{i}"] for i in range(len(ref.files))]
+        else:
+            checkpoint("waiting for the baseline's measurement")
+            time.sleep(POLL_S)
+    return ws.reference
 
 
 class Heartbeat:
@@ -153,7 +168,7 @@ def run_node(ws: Workspace, fleet: Fleet, node: Node, checkpoint: Callable[[str]
         ws.share(node.id, result.onnx_path)
         fleet.release(node)  # its children may start on other workers while this one measures it
         checkpoint(f"{node.id}: measuring the result of {step.name}")
-        metrics, _, notes = ws.bench.run(result.onnx_path, ws.reference)
+        metrics, _, notes = ws.bench.run(result.onnx_path, baseline_outputs(ws, fleet, checkpoint))
     candidate = Candidate(id=node.id, parent_id=node.parent, steps=node.steps, metrics=metrics,
                           notes=ctx.notes + notes)
     fleet.finish(node, candidate.model_dump(mode="json"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
 import redis
 
 from workers.fleet import Fleet, critical_paths
@@ -63,3 +64,32 @@ def test_rescoring_never_brings_back_a_taken_node(services):
     assert fleet.take().id == "c3"  # taken after publish() read the waiting set, before it rescored
     fleet._make_ready(seen_waiting, only_waiting=True)
     assert fleet.take().id == "c1" and fleet.take() is None
+
+
+def test_a_helper_compares_with_the_baseline_once_its_outputs_are_shared(services, tmp_path):
+    """A helper that made its node while the coordinator still measured the baseline waits for the outputs,
+    then fetches them once."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from core.objectstore import ObjectStore
+    from core.settings import Settings
+    from workers.workspace import baseline_outputs
+
+    fleet = Fleet(redis.Redis.from_url(services[0]), f"j_{secrets.token_hex(8)}", 1)
+    objects = ObjectStore(Settings(S3_ENDPOINT_URL=services[1], S3_BUCKET="pareto"))
+    ws = SimpleNamespace(reference=[], objects=objects, shared=f"t/jobs/{fleet.prefix}/", workdir=tmp_path)
+    waits = []
+
+    def coordinator_meanwhile(message: str) -> None:
+        waits.append(message)
+        if len(waits) == 3:  # the baseline is measured and shared now
+            np.savez(tmp_path / "made.npz", np.arange(3.0), np.ones((2, 2)))
+            objects.upload_file(ws.shared + "reference.npz", tmp_path / "made.npz")
+            fleet.baseline_measured()
+
+    outputs = baseline_outputs(ws, fleet, coordinator_meanwhile)
+    assert waits == ["waiting for the baseline's measurement"] * 3 and fleet.baseline_ready()
+    assert [o.tolist() for o in outputs] == [[0.0, 1.0, 2.0], [[1.0, 1.0], [1.0, 1.0]]]
+    assert baseline_outputs(ws, fleet, lambda m: pytest.fail("waited again")) is outputs
