@@ -142,8 +142,10 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, workdir: Path, settin
                checkpoint: Checkpoint, objects: ObjectStore, r: redis.Redis) -> Outcome:
     """Plans the first nodes and calls the helpers before measuring the baseline, so that other workers start
     on the first steps meanwhile (they measure what they make once the baseline's outputs are shared)."""
+    def tick(message: str) -> None:
+        checkpoint(0, 1, message)
+
     fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s)
-    tick = lambda m: checkpoint(0, 1, m)  # noqa: E731
     ws = prepare(job, model, source, settings, objects, workdir, tick)
     coordinator = Coordinator(job, ws, fleet, checkpoint)
     coordinator.add(coordinator.trials.first())
