@@ -145,7 +145,7 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, workdir: Path, settin
     def tick(message: str) -> None:
         checkpoint(0, 1, message)
 
-    fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s)
+    fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s, settings.worker_retry_s)
     ws = prepare(job, model, source, settings, objects, workdir, tick)
     coordinator = Coordinator(job, ws, fleet, checkpoint)
     coordinator.add(coordinator.trials.first())

@@ -153,7 +153,7 @@ def help_job(tenant: str, job_id: str, attempt: int) -> None:
     job = jobs.load(job_id)
     if job is None or job.tenant != tenant or job.status is not JobStatus.running or job.attempts != attempt:
         return
-    fleet = Fleet(jobs.r, job_id, attempt, settings.node_lease_s)
+    fleet = Fleet(jobs.r, job_id, attempt, settings.node_lease_s, settings.worker_retry_s)
     workdir = settings.job_work_dir / f"{job_id}-helper-{os.getpid()}"
     try:
         help_run(job, fleet, settings, jobs, objects, workdir)

@@ -93,3 +93,13 @@ def test_a_helper_compares_with_the_baseline_once_its_outputs_are_shared(service
     assert waits == ["waiting for the baseline's measurement"] * 3 and fleet.baseline_ready()
     assert [o.tolist() for o in outputs] == [[0.0, 1.0, 2.0], [[1.0, 1.0], [1.0, 1.0]]]
     assert baseline_outputs(ws, fleet, lambda m: pytest.fail("waited again")) is outputs
+
+
+def test_fleet_calls_are_retried_within_the_budget_then_fail_clearly():
+    from core.errors import Unavailable
+    from tests.stack import free_port
+
+    fleet = Fleet(redis.Redis(port=free_port(), socket_connect_timeout=0.2), "j_gone", 1, retry_s=1)
+    with pytest.raises(Unavailable) as e:
+        fleet.take()
+    assert e.value.code == "jobstore_unavailable" and "Redis fleet take" in e.value.message
