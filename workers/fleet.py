@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import uuid
 
 import redis
 
@@ -103,12 +104,19 @@ class Fleet:
     def renew(self, node_id: str) -> None:
         self.r.hset(self._k("leases"), node_id, time.time() + self.lease_s)
 
-    @_retried
     def release(self, node: Node) -> None:
-        """The node's model is shared: its children may start. Once only (a rerun node releases nothing)."""
-        added = self.r.sadd(self._k("made"), node.id)
-        self.r.expire(self._k("made"), KEY_TTL_S)
-        if added and not self.closed():
+        """The node's model is shared: its children may start. Once only: a rerun of the node (its worker died)
+        releases nothing, while a retry of this call (its reply lost to a Redis restart) still does."""
+        self._release(node, uuid.uuid4().hex)
+
+    @_retried
+    def _release(self, node: Node, token: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.hsetnx(self._k("made"), node.id, token)
+        pipe.expire(self._k("made"), KEY_TTL_S)
+        pipe.hget(self._k("made"), node.id)
+        *_, first = pipe.execute()
+        if first.decode() == token and not self.closed():
             self._make_ready([n.id for n in self.plan().values() if n.parent == node.id])
 
     @_retried
@@ -122,7 +130,7 @@ class Fleet:
 
     @_retried
     def made(self, node_id: str) -> bool:
-        return bool(self.r.sismember(self._k("made"), node_id))
+        return bool(self.r.hexists(self._k("made"), node_id))
 
     @_retried
     def finish(self, node: Node, candidate: dict) -> None:

@@ -103,3 +103,17 @@ def test_fleet_calls_are_retried_within_the_budget_then_fail_clearly():
     with pytest.raises(Unavailable) as e:
         fleet.take()
     assert e.value.code == "jobstore_unavailable" and "Redis fleet take" in e.value.message
+
+
+def test_a_retried_release_still_releases_a_rerun_does_not(services):
+    """A release whose reply was lost (Redis restarting) runs again with its own token and makes the children
+    ready; a later run of the same node (its worker died after making it) does not."""
+    fleet = Fleet(redis.Redis.from_url(services[0]), f"j_{secrets.token_hex(8)}", 1)
+    fleet.publish(PLAN[:2])
+    c1 = fleet.take()
+    fleet._release(c1, "first run")
+    fleet.r.delete(fleet._k("ready"))  # its effect lost with the reply
+    fleet._release(c1, "first run")  # the retry
+    assert fleet.take().id == "c2"
+    fleet.release(c1)  # a rerun
+    assert fleet.take() is None
