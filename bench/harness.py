@@ -120,9 +120,9 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
 
 
 def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batches: list[int]) -> None:
-    """Every row's latency measured again side by side: one process holds every file's session (made and
-    timed as the probe does it, workers/probe.py), and each of `rounds` rounds times them one after another at
-    each batch size, starting at a different file each round; each p50 becomes the median round's. The
+    """Every row's latency measured again side by side: in one process, each of `rounds` rounds times every
+    file one after another at each batch size, starting at a different file each round, each time in a session
+    made afresh as the probe makes it (workers/probe.py); each p50 becomes the median round's. The
     machine is shared and its speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to
     100 µs from one minute to the next): files measured in separate processes at different times can differ
     by 1.3x with identical graphs, while side by side a slow spell slows every file of a round alike."""
@@ -131,13 +131,13 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
     _, _, bench, _ = _bench(ref, [], batches, repeats)
     arrays = dict(np.load(bench.inputs_path, allow_pickle=False))
-    runs = [probe.runner(bench.spec(row.path))[0] for row in rows]
+    specs = [bench.spec(row.path) for row in rows]
     p50s: list[dict[str, list[float]]] = [{b: [] for b in row.latency} for row in rows]
     for k in range(rounds):
         for b in batches:  # all files at one batch size, then the next: a round's batch-1 times lie seconds apart
             for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
-                if str(b) in p50s[i]:
-                    times = probe.timings(runs[i], arrays, b, bench.target.warmup, repeats)
+                if str(b) in p50s[i]:  # a session made for these runs only (why: workers/trial.py, latencies)
+                    times = probe.timings(probe.runner(specs[i])[0], arrays, b, bench.target.warmup, repeats)
                     p50s[i][str(b)].append(float(np.median(times)))
     for row, found in zip(rows, p50s, strict=True):
         row.latency = {b: float(np.median(values)) for b, values in found.items()}

@@ -7,8 +7,8 @@ versions; reused on later runs while its pins are unchanged) and run there by a 
 calibrated on the same samples as Pareto. Every output, Pareto's and each peer's, is measured by the same harness
 (bench/harness.py: the job's probe process, onnxruntime CPU): size, p50 latency at batch 1 and 32 (MiniLM at
 sequence 128), quality (digits accuracy on the CNN's held-out digits; MiniLM mean sentence-embedding cosine to
-fp32). Then every output's latency is measured again side by side (all loaded in one process, timed one after
-another in --rounds rounds of --repeats runs), and its p50 is the median round's: the machine is shared and its
+fp32). Then every output's latency is measured again side by side (in one process, timed one after another
+in --rounds rounds of --repeats runs, each in a session made for those runs), and its p50 is the median round's: the machine is shared and its
 speed drifts, and side by side a slow spell slows every output of a round alike. A peer that cannot be
 installed or run is reported in the table with its error.
 

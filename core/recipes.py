@@ -9,11 +9,12 @@ _BUILTIN: dict[str, dict] = {
     "int8": {
         "description": (
             "8-bit integers, chosen by measurement: dynamic quantization (int8 weights, activations quantized "
-            "at run time) and, when the job has a dataset, static QDQ quantization calibrated on it, each with "
-            "one scale per output channel and one per tensor (dynamic also per channel only in the MatMul layers "
-            "whose channels' ranges spread widely), are built and run on the target; the fastest one "
-            "that keeps 99 % fidelity to the input model (top-1 agreement for classifiers, cosine otherwise) "
-            "wins, the smaller file among equally fast ones. About 4x smaller. Use it for any model you want "
+            "at run time) and, when the job has a dataset, static quantization calibrated on it (QDQ, and "
+            "QOperator where the target is the CPU), each with one scale per output channel and one per tensor "
+            "(dynamic also per channel only in the MatMul layers whose channels' ranges spread widely), are "
+            "built; those that keep 99 % fidelity to the input model (top-1 agreement for classifiers, cosine "
+            "otherwise) run on the target, and the fastest wins, the smaller file among equally fast ones. "
+            "About 4x smaller. Use it for any model you want "
             "smaller and usually faster on CPU; give a dataset for convolutional networks (their fast int8 path "
             "is static)."
         ),

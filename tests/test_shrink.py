@@ -51,6 +51,18 @@ def test_quantization_modes_on_both_formats(api, cnn, fmt):
         assert metrics(r, "c1")["fidelity"]["top1_agreement"] >= 0.95
 
 
+def test_static_int8_in_qoperator_format(api, cnn):
+    models, data, feed = cnn
+    qdq, qop = ({"quantize": {"mode": "static", "per_channel": False, "quant_format": f}} for f in ("qdq", "qoperator"))
+    job, report = run_job(api, models["onnx"], data, [qop])
+    _, r = run_job(api, models["onnx"], data, [qdq])
+    assert metrics(report, "c1")["size_bytes"] < metrics(r, "c1")["size_bytes"]  # no DequantizeLinear per weight
+    assert metrics(report, "c1")["fidelity"]["top1_agreement"] >= 0.97
+    model = onnx.load_from_string(artifacts(api, job)["model.onnx"])
+    assert {"QLinearConv", "QLinearMatMul"} & {n.op_type for n in model.graph.node}
+    assert run_onnx(artifacts(api, job)["model.onnx"], feed).shape == (16, 10)
+
+
 def test_int8_recipe_chooses_static_for_a_cnn_by_measurement(api, cnn):
     models, data, _ = cnn
     r = api.post("/v1/jobs", json={"model_id": models["onnx"]["id"], "dataset_id": data, "recipe": "int8",
@@ -58,7 +70,7 @@ def test_int8_recipe_chooses_static_for_a_cnn_by_measurement(api, cnn):
     job = wait_job(api, r.json()["id"])
     report = api.get(f"/v1/jobs/{job['id']}/report").json()
     note = next(n for n in report["candidates"][0]["notes"] if n.startswith("quantize auto chose"))
-    assert "static" in note and "dynamic" in note  # both were measured
+    assert "static per-tensor qoperator" in note and "dynamic" in note  # all were measured (QOperator: CPU target)
     assert report["baseline"]["metrics"]["size_bytes"] / metrics(report, "c1")["size_bytes"] >= 3.5
 
 

@@ -66,23 +66,40 @@ def latency(sess, samples: dict[str, np.ndarray], batch: int = 1, runs: int = RO
 
 
 def compare(reference: Path, candidates: dict[str, Path], ctx: StepContext, rounds: int = ROUNDS) -> dict[str, Trial]:
-    """Each candidate's fidelity to `reference`, and its latency at each of the target's batch sizes measured
-    side by side with the others: in interleaved rounds, so that load that comes and goes on the machine slows
-    every candidate alike instead of whichever happened to be measured then; the median round is kept (the
-    lowest, a single lucky round, let two near-identical int8 variants swap places from run to run)."""
-    ref = session(reference, ctx)
+    """Each candidate's fidelity to `reference` and its latency at each of the target's batch sizes."""
+    found = fidelities(reference, candidates, ctx)
+    times = latencies(candidates, ctx, rounds)
+    return {label: Trial(found[label], times[label]) for label in candidates}
+
+
+def fidelities(reference: Path, candidates: dict[str, Path], ctx: StepContext) -> dict[str, float]:
     classification = ctx.data.task == "classification"
-    expected = outputs(ref, ctx.samples)
-    sessions = {label: session(path, ctx) for label, path in candidates.items()}
-    fidelity = {label: agreement(expected, outputs(sess, ctx.samples), classification)
-                for label, sess in sessions.items()}
-    times: dict[str, dict[int, list[float]]] = {label: {b: [] for b in ctx.batch_sizes} for label in sessions}
-    for batch in ctx.batch_sizes:
-        for _ in range(max(MIN_ROUNDS, rounds // batch)):
-            for label, sess in sessions.items():
-                times[label][batch].append(latency(sess, ctx.samples, batch))
-    return {label: Trial(fidelity[label], {b: float(np.median(t)) for b, t in times[label].items()})
-            for label in sessions}
+    expected = outputs(session(reference, ctx), ctx.samples)
+    return {label: agreement(expected, outputs(session(path, ctx), ctx.samples), classification)
+            for label, path in candidates.items()}
+
+
+def latencies(candidates: dict[str, Path], ctx: StepContext, rounds: int = ROUNDS) -> dict[str, dict[int, float]]:
+    """Each candidate's median latency at each of the target's batch sizes, measured side by side: in
+    interleaved rounds, each starting at another candidate, so that load that comes and goes on the machine
+    slows every candidate alike instead of whichever happened to be measured then; the median round is kept
+    (the lowest, a single lucky round, let two near-identical int8 variants swap places from run to run). Each
+    round makes every candidate's session afresh and drops it before the next one's: with every session alive
+    at once, an idle session's thread pool slowed the next candidate for seconds at a time (digits CNN, 2
+    threads: two int8 graphs a few bytes apart came out 0.76x to 1.29x of each other from one comparison to
+    the next; made afresh, 0.95x to 1.13x at batch 1 and 0.98x to 1.00x at 32). A session costs some
+    milliseconds to make (all-MiniLM-L6-v2 in int8: 50-80 ms)."""
+    labels = list(candidates)
+    counts = {b: max(MIN_ROUNDS, rounds // b) for b in ctx.batch_sizes}
+    times: dict[str, dict[int, list[float]]] = {label: {b: [] for b in counts} for label in labels}
+    for k in range(max(counts.values(), default=0)):
+        for label in labels[k % len(labels):] + labels[: k % len(labels)]:
+            sess = session(candidates[label], ctx)
+            for batch, count in counts.items():
+                if k < count:
+                    times[label][batch].append(latency(sess, ctx.samples, batch))
+            del sess
+    return {label: {b: float(np.median(t)) for b, t in found.items()} for label, found in times.items()}
 
 
 def slowness(trials: dict[str, Trial]) -> dict[str, float]:
@@ -94,4 +111,4 @@ def slowness(trials: dict[str, Trial]) -> dict[str, float]:
 
 
 def timings(trial: Trial) -> str:
-    return ", ".join(f"{t:.3f} ms at batch {b}" for b, t in trial.latency_ms.items())
+    return ", ".join(f"{t:.3f} ms at batch {b}" for b, t in trial.latency_ms.items()) or "not timed"

@@ -18,19 +18,19 @@ DTYPES_BY_MODE = {
 class Quantize(StepParams):
     """Lower the precision of weights (and activations) to shrink and speed up the model."""
 
-    summary = "Quantize weights (and activations): int8 dynamic or static (QDQ), int4 weight-only, fp16 / bf16."
+    summary = "Quantize weights (and activations): int8 dynamic or static (QDQ, QOperator), int4 weights, fp16/bf16."
     formats = ("onnx", "pt2")
     dataset = "for mode static (auto calibrates on it when there is one)"
     step: Literal["quantize"] = "quantize"
     mode: Literal["dynamic", "static", "weight_only", "float", "auto"] = Field(
         "dynamic",
         description="dynamic: int8 weights, activations quantized at run time. static: int8 weights and "
-        "activations in QDQ format, calibrated on the job's dataset. weight_only: int4 weights in blocks "
+        "activations (in quant_format), calibrated on the job's dataset. weight_only: int4 weights in blocks "
         "(MatMulNBits). float: fp16 (computed in fp16 where the execution provider has kernels) or bf16 (weights "
         "stored in bf16, computed in fp32 after onnxruntime folds the casts at load). auto: tries the int8 "
         "modes that apply (static needs a dataset; dynamic also on the transformer-fused graph where onnxruntime "
-        "can fuse the model's encoder layers), measures fidelity and latency on the target, keeps the fastest "
-        "one that holds min_fidelity (else the most faithful).",
+        "can fuse the model's encoder layers), measures fidelity, then the latency on the target of those that hold "
+        "min_fidelity, and keeps the fastest of them (else the most faithful).",
     )
     dtype: Literal["int8", "int4", "fp16", "bf16"] | None = Field(
         None, description="Target precision; unset: the mode's own (int8; int4 for weight_only; fp16 for float), "
@@ -40,6 +40,11 @@ class Quantize(StepParams):
         None, gt=1, description="dynamic int8 with per_channel: one scale per output channel only for the MatMul "
         "layers whose output channels' weight ranges differ by more than this factor (largest / median), one scale "
         "per tensor for the others (smaller and as fast; auto tries 4). Unset: per_channel decides for every layer.")
+    quant_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="static int8: qdq, Quantize/DequantizeLinear pairs around float operators (every "
+        "execution provider takes it, TensorRT needs it), or qoperator, integer operators (QLinearConv, "
+        "QLinearMatMul, ...) with uint8 activations: onnxruntime CPU only, a smaller file. auto tries both where "
+        "the target is the CPU.")
     method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Calibration (static).")
     percentile: float = Field(99.999, gt=90, le=100, description="Percentile for method=percentile.")
     calibration_samples: int = Field(128, ge=1, le=10000, description="Samples used to calibrate (static).")
@@ -69,6 +74,8 @@ class Quantize(StepParams):
             raise ValueError(f"mode {self.mode!r} takes dtype {' or '.join(allowed)}, not {self.dtype!r}")
         if self.keep_float_if_faster and self.mode != "auto":
             raise ValueError("keep_float_if_faster applies to mode auto")
+        if self.quant_format != "qdq" and self.mode != "static":
+            raise ValueError("quant_format applies to mode static (auto tries both formats on a CPU target)")
         if self.channel_spread is not None and not (self.mode == "dynamic" and self.per_channel):
             raise ValueError("channel_spread applies to mode dynamic with per_channel")
         if self.block_size not in (16, 32, 64, 128, 256):

@@ -107,7 +107,8 @@ def test_the_float_model_is_kept_only_when_int8_is_clearly_slower(tmp_path):
         Quantize(mode="dynamic", keep_float_if_faster=True)
 
 
-def test_auto_times_the_float_model_with_the_variants_and_says_which_it_kept(tmp_path):
+def _auto(tmp_path, **params):
+    """The two-layer model quantized by `auto` with `params`: (input, output, notes)."""
     from core.assets import TensorSpec
     from core.recipe import Recipe
     from core.settings import Settings
@@ -121,8 +122,29 @@ def test_auto_times_the_float_model_with_the_variants_and_says_which_it_kept(tmp
     data = job_data(None, specs, Recipe.model_validate({"steps": [{"quantize": {}}]}))
     data.train.inputs["x"] = data.eval.inputs["x"] = np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32)
     ctx = StepContext(workdir=tmp_path / "work", settings=Settings(), inputs=specs, data=data, batch_sizes=[1, 8])
-    out = apply_step(ModelHandle(src), Quantize(mode="auto", keep_float_if_faster=True), ctx).onnx_path
-    note = next(n for n in ctx.notes if n.startswith("quantize auto"))
+    return src, apply_step(ModelHandle(src), Quantize(mode="auto", **params), ctx).onnx_path, ctx.notes
+
+
+def test_auto_times_only_the_variants_that_hold_min_fidelity(tmp_path):
+    _, _, notes = _auto(tmp_path, min_fidelity=1.0)  # no int8 variant is exactly faithful: the most faithful is timed
+    variants = next(n for n in notes if n.startswith("quantize auto chose")).split(": ", 1)[1].split("; ")
+    timed = [v for v in variants if "ms at batch 1" in v]
+    assert len(variants) >= 3 and len(timed) == 1
+    assert all("not timed" in v for v in variants if v not in timed)
+    fidelity = {v: float(v.split("fidelity ")[1].split(",")[0]) for v in variants}
+    assert fidelity[timed[0]] == max(fidelity.values())
+
+
+def test_quant_format_is_for_static_only():
+    assert Quantize(mode="static", quant_format="qoperator").quant_format == "qoperator"
+    for mode in ("dynamic", "auto"):
+        with pytest.raises(ValidationError, match="quant_format"):
+            Quantize(mode=mode, quant_format="qoperator")
+
+
+def test_auto_times_the_float_model_with_the_variants_and_says_which_it_kept(tmp_path):
+    src, out, notes = _auto(tmp_path, keep_float_if_faster=True)
+    note = next(n for n in notes if n.startswith("quantize auto"))
     assert "float (not quantized) fidelity 1.0000" in note and "dynamic per-tensor fidelity" in note
     assert "at batch 8" in note
     kept_float = note.startswith("quantize auto kept the float model")
