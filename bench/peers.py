@@ -8,9 +8,9 @@ calibrated on the same samples as Pareto. Every output, Pareto's and each peer's
 (bench/harness.py: the job's probe process, onnxruntime CPU): size, p50 latency at batch 1 and 32 (MiniLM at
 sequence 128), quality (digits accuracy on the CNN's held-out digits; MiniLM mean sentence-embedding cosine to
 fp32). Then every output's latency is measured again side by side (in one process, timed one after another
-in --rounds rounds of --repeats runs, each in a session made for those runs), and its p50 is the median round's: the machine is shared and its
-speed drifts, and side by side a slow spell slows every output of a round alike. A peer that cannot be
-installed or run is reported in the table with its error.
+in --rounds rounds of --repeats runs, each in a session made for those runs), and its p50 is the median round's:
+the machine is shared and its speed drifts, and side by side a slow spell slows every output of a round alike.
+A peer that cannot be installed or run is reported in the table with its error.
 
     .venv/bin/python bench/peers.py [--repeats N] [--rounds N] [--only cnn|minilm]
                                     [--peers ort-dynamic,ort-static,olive,nncf,nncf-transformer,inc]
