@@ -58,6 +58,8 @@ def test_static_int8_in_qoperator_format(api, cnn):
     _, r = run_job(api, models["onnx"], data, [qdq])
     assert metrics(report, "c1")["size_bytes"] < metrics(r, "c1")["size_bytes"]  # no DequantizeLinear per weight
     assert metrics(report, "c1")["fidelity"]["top1_agreement"] >= 0.97
+    base, c1 = report["baseline"]["metrics"], metrics(report, "c1")
+    assert c1["params"] == base["params"] and c1["macs"] == base["macs"]  # integer operators counted as float ones
     model = onnx.load_from_string(artifacts(api, job)["model.onnx"])
     assert {"QLinearConv", "QLinearMatMul"} & {n.op_type for n in model.graph.node}
     assert run_onnx(artifacts(api, job)["model.onnx"], feed).shape == (16, 10)

@@ -17,10 +17,12 @@ _AUX_INPUTS = {
     "ConvInteger": {2, 3},
     "QLinearConv": {1, 2, 4, 5, 6, 7},
     "QLinearMatMul": {1, 2, 4, 5, 6, 7},
+    "QGemm": {1, 2, 4, 5, 7, 8},
     "DynamicQuantizeMatMul": {2, 3, 4},
     "MatMulNBits": {2, 3, 4, 5},
 }
 _INDEX_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+_INT32_BIAS = {"QLinearConv": 8, "QGemm": 6}  # QOperator's biases: int32, weights all the same
 
 
 def gzip_size(path: Path) -> int:
@@ -36,7 +38,9 @@ def _weights(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, int]]:
     quantization scales / zero points and integer index tensors (shapes, axes)."""
     aux = set()
     packed: dict[str, int] = {}
-    dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}  # QDQ int32 biases
+    biases = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}  # QDQ int32 biases
+    biases |= {n.input[_INT32_BIAS[n.op_type]] for n in model.graph.node
+               if n.op_type in _INT32_BIAS and len(n.input) > _INT32_BIAS[n.op_type]}
     dynamic_scales = {n.output[1] for n in model.graph.node if n.op_type == "DynamicQuantizeLinear"}
     inits = {t.name for t in model.graph.initializer}
     cast_consts = {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in inits}
@@ -55,7 +59,7 @@ def _weights(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, int]]:
     tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     out = []
     for t in tensors:
-        if t.name in aux or (t.data_type in _INDEX_TYPES and t.name not in dequantized):
+        if t.name in aux or (t.data_type in _INDEX_TYPES and t.name not in biases):
             continue
         count = packed.get(t.name) or (int(np.prod(t.dims)) if t.dims else 1)
         out.append((t, count))
@@ -115,6 +119,10 @@ def tensor_shapes(model: onnx.ModelProto, dims: dict[str, list[int]]) -> dict[st
     return shapes
 
 
+def _attr(node: onnx.NodeProto, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
 def count_macs(model: onnx.ModelProto, dims: dict[str, list[int]]) -> int | None:
     """Multiply-accumulates of one sample through MatMul / Gemm / Conv (and their quantized forms)."""
     shapes = tensor_shapes(model, dims)
@@ -126,20 +134,24 @@ def count_macs(model: onnx.ModelProto, dims: dict[str, list[int]]) -> int | None
         out = shapes.get(node.output[0]) if node.output else None
         if not out or 0 in out:
             continue
-        if node.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul", "FusedMatMul", "FusedGemm"):
+        if node.op_type == "QGemm":  # onnxruntime's shape inference makes its output [1, 1]: from the weights
+            a, b = shapes.get(node.input[0]), shapes.get(node.input[3])
+            if b:
+                n, k = (b[0], b[1]) if _attr(node, "transB") else (b[1], b[0])
+                rows = a[0] if a and len(a) == 2 and a[1] == k and not _attr(node, "transA") else 1  # 1 sample
+                total += rows * k * n
+        elif node.op_type in ("MatMul", "MatMulInteger", "Gemm", "QLinearMatMul", "FusedMatMul", "FusedGemm"):
             a = shapes.get(node.input[0])
             if not a:
                 continue
-            trans_a = any(x.name == "transA" and x.i for x in node.attribute)
-            k = a[-2] if trans_a else a[-1]
+            k = a[-2] if _attr(node, "transA") else a[-1]
             total += int(np.prod(out)) * k
         elif node.op_type in ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "NhwcConv"):
             w = shapes.get(node.input[3 if node.op_type == "QLinearConv" else 1])
             if w:
                 total += int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type == "MatMulNBits":
-            k = next((x.i for x in node.attribute if x.name == "K"), 0)
-            total += int(np.prod(out)) * k
+            total += int(np.prod(out)) * _attr(node, "K")
     return total
 
 
