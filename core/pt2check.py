@@ -10,17 +10,24 @@ Why a checker at all: `torch.export.load` is not safe on untrusted files (torch 
   and `custom_obj_*` constants with the TorchScript unpickler.
 - `load_pt2` dlopens AOTInductor shared libraries found under `data/aotinductor/`.
 - `ExportedProgramDeserializer._parse_sym_expr` hands every `expr_str` of model.json to `sympy.sympify`,
-  which is `eval`.
+  which is `eval`, and computes as it parses (10**(10**10) never returns).
+- `load_pt2 / _load_exported_programs` deserializes every member under models/ as a program.
 So: every member torch could unpickle must pass `check_pickle` (a strict subset of what the weights-only
-unpickler accepts, so the unsafe retry is never reached), AOTInductor members are refused, and every
-`expr_str` must be a plain sympy expression. Bounds on the zip itself keep the check cheap.
+unpickler accepts, so the unsafe retry is never reached), AOTInductor members are refused, models/ holds
+models/model.json only, and every `expr_str` must be a plain sympy expression whose numbers are bounded.
+Bounds on the zip itself, and on the work over all members (MAX_PARSED_BYTES, MAX_PICKLE_OPS), keep the
+check cheap: small members escape the compression-ratio limit, so many of them could add up to anything.
 """
 
 from __future__ import annotations
 
+import ast
+import decimal
 import fnmatch
+import fractions
 import io
 import json
+import math
 import pickletools
 import re
 import stat
@@ -36,12 +43,22 @@ from core.assets import TensorSpec
 from core.errors import InvalidModel
 
 MAX_MEMBERS = 100_000
-MAX_JSON_BYTES = 64 * 1024 * 1024  # models/*.json and payload configs
+MAX_JSON_BYTES = 64 * 1024 * 1024  # models/model.json and the two payload configs, each
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # one pickle read into memory (sample inputs are a few KiB)
 MAX_RATIO = 200  # uncompressed / compressed, for members over RATIO_FLOOR (zip bombs)
 RATIO_FLOOR = 1024 * 1024
 MAX_PICKLES_PER_MEMBER = 8  # legacy torch.save files are a short run of pickles
+# Per archive, over all members: members under RATIO_FLOOR escape the ratio limit, so without totals a
+# small upload of many small members costs the checker any amount of memory or CPU.
+MAX_PARSED_BYTES = 96 * 1024 * 1024  # decompressed JSON and pickles read to be parsed: one model.json of
+#   up to MAX_JSON_BYTES and room besides (a large transformer's model.json is a few MB, inputs a few KB)
+MAX_PICKLE_OPS = 1_000_000  # pickle opcodes run: ~35 per tensor, and a .pt2's pickles hold few tensors
+#   (sample inputs; storages are separate members); 1 to 3.5 s of CPU at the limit, by opcode
 MAX_EXPR_CHARS = 4096
+MAX_EXPR_BITS = 4096  # the largest number a symbolic expression may stand for (sizes are int64)
+MAX_EXPR_DEPTH = 64  # nesting of an expression (torch writes a handful of levels)
+MAX_LATTICE_ARGS = 16  # arguments of Max and Min in an expression: sympy compares them pairwise, in worse
+#   than quadratic time (100 took 5 s, 300 did not finish in 20 s); torch writes Max(1, x)
 
 # ----------------------------------------------------------------------------------------------------
 # Pickles
@@ -95,11 +112,32 @@ _STRUCTURE_OPS = frozenset([
     "SETITEM", "SETITEMS",
 ])
 _RISKY_OPS = frozenset({"GLOBAL", "REDUCE", "NEWOBJ", "BUILD", "BINPERSID"})
+_SCALAR_OPS = frozenset(["NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "BINFLOAT", "LONG1"])
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class _Refused(Exception):
     """A reason a pickle is refused; turned into InvalidModel with the member's name."""
+
+
+class _OutOfOps(Exception):
+    """The archive's pickles ran more than MAX_PICKLE_OPS opcodes."""
+
+
+class _Budget:
+    """What checking one archive may still cost, over all its members: decompressed bytes read to be
+    parsed, and pickle opcodes run."""
+
+    def __init__(self):
+        self.bytes_left = MAX_PARSED_BYTES
+        self.ops_left = MAX_PICKLE_OPS
+
+    def take_bytes(self, n: int, where: str) -> None:
+        self.bytes_left -= n
+        if self.bytes_left < 0:
+            raise InvalidModel(
+                f"{where}: checking the archive means parsing more than {MAX_PARSED_BYTES} bytes of JSON and "
+                "pickles; a torch.export.save archive holds far less", code="archive_too_large")
 
 
 @dataclass(frozen=True)
@@ -111,7 +149,7 @@ class _Global:
         return self.name in _VALUE_GLOBALS
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: 3x faster to make, and a pickle may make a million (never mutated)
 class _Tuple:
     items: tuple
     holds_global: bool  # a non-data global somewhere inside (nested tuples included)
@@ -122,13 +160,16 @@ class _Val:
     kind: str  # list, dict, odict, set, tensor, storage, value
 
 
+_VALUE = _Val("value")  # one shared instance: a pickle may push a million of them
+
+
 def _holds_global(v) -> bool:
     return (isinstance(v, _Global) and not v.is_data) or (isinstance(v, _Tuple) and v.holds_global)
 
 
 def _make_tuple(items) -> _Tuple:
     items = tuple(items)
-    return _Tuple(items, any(_holds_global(i) for i in items))
+    return _Tuple(items, any(map(_holds_global, items)))
 
 
 class _PickleMachine:
@@ -165,13 +206,17 @@ class _PickleMachine:
         return value
 
     # -- the run ------------------------------------------------------------------------------------
-    def run(self, stream: io.BytesIO) -> None:
-        """Checks one pickle, from the stream's position up to and including its STOP."""
-        for op, arg, pos in _ops(stream):
+    def run(self, stream: io.BytesIO, ops_left: int) -> int:
+        """Checks one pickle, from the stream's position up to and including its STOP; returns the number
+        of opcodes it ran, stopping at more than `ops_left` (walking an opcode costs a few microseconds,
+        and one byte is an opcode: NONE)."""
+        for count, (op, arg, pos) in enumerate(_ops(stream), 1):
+            if count > ops_left:
+                raise _OutOfOps
             name = op.name
             if name == "STOP":
                 self.plain(self.pop(), "the result")
-                return
+                return count
             if name in _STRUCTURE_OPS:
                 self.structure(name, arg)
             elif name in _RISKY_OPS:
@@ -188,7 +233,9 @@ class _PickleMachine:
         return ""
 
     def structure(self, name: str, arg) -> None:
-        if name == "MARK":
+        if name in _SCALAR_OPS:  # numbers, None, booleans: the commonest opcodes, tested first
+            self.stack.append(_VALUE)
+        elif name == "MARK":
             self.metastack.append(self.stack)
             self.stack = []
         elif name == "TUPLE":
@@ -196,7 +243,10 @@ class _PickleMachine:
             self.stack.append(_make_tuple(items))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             n = int(name[-1])
-            items = [self.pop() for _ in range(n)][::-1]
+            if len(self.stack) < n:
+                raise _Refused("malformed pickle (stack underflow)")
+            items = self.stack[-n:]
+            del self.stack[-n:]
             self.stack.append(_make_tuple(items))
         elif name == "EMPTY_TUPLE":
             self.stack.append(_make_tuple(()))
@@ -212,8 +262,7 @@ class _PickleMachine:
             self.stack.append(self.memo[arg])
         elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS"):
             self.fill(name)
-        elif name != "PROTO":  # numbers, None, booleans
-            self.stack.append(_Val("value"))
+        # PROTO: nothing to do
 
     def fill(self, name: str) -> None:
         """APPEND(S) only into lists, SETITEM(S) only into dicts, as torch checks at load time."""
@@ -274,7 +323,7 @@ class _PickleMachine:
             isinstance(pid, _Tuple) and len(pid.items) == 5 and pid.items[0] == "storage"
             and isinstance(pid.items[1], _Global) and pid.items[1].name in _STORAGE_TYPES
             and isinstance(pid.items[2], str) and isinstance(pid.items[3], str)
-            and pid.items[4] == _Val("value")
+            and pid.items[4] == _VALUE
         )
         if not ok:
             raise _Refused("a persistent id other than a tensor storage reference")
@@ -325,22 +374,29 @@ def _describe(v) -> str:
     return type(v).__name__ if not isinstance(v, _Tuple) else "a tuple"
 
 
-def check_pickle(data: bytes, where: str) -> None:
+def check_pickle(data: bytes, where: str, budget: _Budget | None = None) -> None:
     """Raises InvalidModel(code="unsafe_pickle") unless every opcode / global in the pickle is one that
     torch.load(weights_only=True) would accept (a strict subset of torch's own allowlist is fine).
 
     `data` may hold a short run of pickles (legacy torch.save files are several); all must pass and
-    nothing may follow them."""
+    nothing may follow them. Its opcodes are taken from `budget` (the archive's; a fresh one if none)."""
+    budget = budget if budget is not None else _Budget()
     stream = io.BytesIO(data)
     try:
         if not data:
             raise _Refused("empty pickle")
         for _ in range(MAX_PICKLES_PER_MEMBER):
-            _PickleMachine(data).run(stream)
+            budget.ops_left -= _PickleMachine(data).run(stream, budget.ops_left)
             if stream.tell() == len(data):
                 return
         raise _Refused(f"more than {MAX_PICKLES_PER_MEMBER} pickles, or data after the last one "
                        "(the legacy torch.save format is not accepted)")
+    except _OutOfOps:
+        # archive_too_large, not unsafe_pickle: the opcodes may all be harmless; it is a bound on the
+        # work, like the byte limits, and the way out is the same (a plain torch.export.save archive)
+        raise InvalidModel(
+            f"{where}: the archive's pickles hold more than {MAX_PICKLE_OPS} opcodes; sample inputs and "
+            "state dicts written by torch.export.save hold far fewer", code="archive_too_large") from None
     except _Refused as e:
         raise InvalidModel(
             f"{where}: {e}. Pickles in an upload may hold only tensors, parameters, state dicts and plain "
@@ -425,6 +481,13 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str, n:
         raise InvalidModel(f"{where}: member {info.filename!r} could not be read ({e})", code="not_pt2") from None
 
 
+def _read_parsed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str, budget: _Budget) -> bytes:
+    """A member read whole to be parsed, its size taken from the archive's budget before any of it is
+    decompressed (zipfile returns no more than the size a member declares)."""
+    budget.take_bytes(info.file_size, where)
+    return _read(zf, info, limit, where)
+
+
 def _is_zip(head: bytes) -> bool:
     """torch.serialization._is_zipfile's test exactly: anything else torch.load reads as tar or pickle."""
     return head.startswith(b"PK\x03\x04")
@@ -434,21 +497,22 @@ def _is_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
-def _check_torch_save(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, where: str) -> None:
+def _check_torch_save(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, budget: _Budget,
+                      where: str) -> None:
     """A member torch may `torch.load`: a torch.save zip (its pickles checked) or bare pickles."""
     if info.file_size == 0:  # torch treats empty sample inputs as none
         return
     head = _read(zf, info, 0, where, n=8)
     if _is_zip(head):
-        _check_nested_zip(zf, info, max_bytes, where)
+        _check_nested_zip(zf, info, max_bytes, budget, where)
         return
-    data = _read(zf, info, MAX_PICKLE_BYTES, where)
+    data = _read_parsed(zf, info, MAX_PICKLE_BYTES, where, budget)
     if _is_tar(data):
         # torch.load tries the legacy .tar format before bare pickles; with weights_only=False (the
         # fallback) it unpickles the tar's members fully. A tar that also parses as a pickle is refused.
         raise _unsafe(f"{where} is a tar archive (the legacy torch.save format), which torch.load "
                       "unpickles without restriction; re-save with torch.export.save")
-    check_pickle(data, where)
+    check_pickle(data, where, budget)
 
 
 def _is_tar(data: bytes) -> bool:
@@ -459,10 +523,15 @@ def _is_tar(data: bytes) -> bool:
         return False
 
 
-def _check_nested_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, where: str) -> None:
+def _check_nested_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int, budget: _Budget,
+                      where: str) -> None:
     """A torch.save (or TorchScript) zip inside the archive: depth 2, nothing deeper is opened. torch
     unpickles only its `.pkl` members; the rest is raw storage bytes."""
+    # In a deflated member, every backward seek (to the central directory at the end, then to each member
+    # the central directory lists, in any order) decompresses it again from its start: taken as bytes read.
+    reinflate = info.file_size if info.compress_type != zipfile.ZIP_STORED else 0
     try:
+        budget.take_bytes(reinflate, where)
         with zf.open(info) as f, zipfile.ZipFile(f) as inner:
             infos = _checked_entries(inner, max_bytes, where)
             names = [i.filename for i in infos]
@@ -472,8 +541,10 @@ def _check_nested_zip(zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int
                               "torch.jit.load; export the model with torch.export instead")
             for i in infos:
                 if i.filename.endswith(".pkl"):
-                    check_pickle(_read(inner, i, MAX_PICKLE_BYTES, f"{where}/{i.filename}"),
-                                 f"{where}/{i.filename}")
+                    budget.take_bytes(reinflate, where)
+                    pickle_where = f"{where}/{i.filename}"
+                    data = _read_parsed(inner, i, MAX_PICKLE_BYTES, pickle_where, budget)
+                    check_pickle(data, pickle_where, budget)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise _unsafe(f"{where} starts like a zip but cannot be read as one ({e})") from None
 
@@ -501,41 +572,202 @@ _UNPICKLED = (
 # ----------------------------------------------------------------------------------------------------
 
 # Names allowed in a symbolic expression: sympy classes as sympy.srepr writes them, torch's sympy
-# functions (the deserializer's `sympy_functions`), assumption keywords, and torch's symbol names.
-_SYMPY_NAMES = frozenset([
+# functions (the deserializer's `sympy_functions`), constants, assumption keywords, and torch's symbol names.
+_SYMPY_FUNCTIONS = frozenset([
     "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Mod", "Max", "Min", "Abs", "sign", "floor",
     "ceiling", "sqrt", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan",
     "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or", "Not", "Xor", "Piecewise", "ExprCondPair",
-    "true", "false", "oo", "zoo", "nan", "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN",
-    "BooleanTrue", "BooleanFalse", "One", "Zero", "NegativeOne", "Half", "int_oo", "IntInfinity",
-    "NegativeIntInfinity", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat",
-    "Identity", "integer", "positive", "negative", "nonnegative", "nonpositive", "real", "finite", "infinite",
-    "zero", "nonzero", "even", "odd", "rational", "commutative", "extended_real", "precision", "evaluate",
-    "True", "False", "None",
+    "Infinity", "NegativeInfinity", "ComplexInfinity", "NaN", "BooleanTrue", "BooleanFalse", "One", "Zero",
+    "NegativeOne", "Half", "IntInfinity", "NegativeIntInfinity", "FloorDiv", "ModularIndexing", "Where",
+    "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow",
+    "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
+    "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
 ])
+_SYMPY_CONSTANTS = frozenset(["true", "false", "oo", "zoo", "nan", "int_oo"])
+_SYMPY_KEYWORDS = frozenset([
+    "integer", "positive", "negative", "nonnegative", "nonpositive", "real", "finite", "infinite", "zero",
+    "nonzero", "even", "odd", "rational", "commutative", "extended_real", "precision", "evaluate",
+])
+_SYMPY_NAMES = _SYMPY_FUNCTIONS | _SYMPY_CONSTANTS | _SYMPY_KEYWORDS | {"True", "False", "None"}
 _SYMBOL = re.compile(r"(?:s|u|ps|zf|zuf)\d+")  # torch.utils._sympy.symbol prefixes used by export
 _SYMPY_STRING = re.compile(r"'[A-Za-z0-9_.+\-]*'")  # Symbol('s3', ...), Float('1.5', precision=53)
 _SYMPY_OPS = frozenset(["(", ")", ",", "=", "+", "-", "*", "/"])
 
+# sympy computes what it can while sympify parses: 10**(10**10) never returns. So every expression gets an
+# upper bound on the bits of any number sympy may compute from it, by what each function makes of its
+# arguments' bits. Powers and shifts need a literal exponent: with a symbol there, any value could come.
+_POWERS = frozenset(["Pow", "PowByNatural", "FloatPow"])  # exponent x the base's bits
+_SHIFTS = frozenset(["LShift", "RShift"])  # the base's bits + the shift
+_PRODUCTS = frozenset([  # the sum of the arguments' bits (quotients too: dividing by 1/y multiplies by y)
+    "Mul", "Rational", "FloorDiv", "CleanDiv", "CeilDiv", "IntTrueDiv", "FloatTrueDiv", "Mod", "PythonMod",
+    "ModularIndexing",
+])
+# Every other function (sums, Max/Min, comparisons, roundings, Piecewise, ...): its largest argument's
+# bits plus a carry. Bounds only grow towards the root, so the root's is checked.
+_SYMBOL_BITS = 64  # torch's symbols stand for int64 sizes (or doubles)
+_FLOAT_PRECISION = 53  # sympy's default for Float, in bits
+_NO_VALUE = object()
+
+_NOT_PLAIN = "is not a plain sympy expression; torch.export.load would evaluate it as Python code"
+_UNBOUNDED = (f"sympy would compute numbers of more than {MAX_EXPR_BITS} bits when torch.export.load parses it "
+              "(10**(10**10) never finishes)")
+
+
+class _ExprRefused(Exception):
+    """Why a symbolic expression is refused: the words that follow it in the message."""
+
 
 def _check_sym_expr(expr, where: str) -> None:
     """`expr_str` is evaluated by sympy.sympify (eval): only calls of allowlisted sympy names on numbers,
-    quoted symbol names and symbols; no attribute access, subscripts, lambdas or other names."""
-    bad = not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS
-    if not bad:
+    quoted symbol names and symbols; no attribute access, subscripts, lambdas or other names. And the
+    numbers sympy computes while parsing it are bounded (MAX_EXPR_BITS, MAX_EXPR_DEPTH)."""
+    try:
+        if not (isinstance(expr, str) and len(expr) <= MAX_EXPR_CHARS and _tokens_ok(expr)):
+            raise _ExprRefused(_NOT_PLAIN)
+        tree = _parse(expr)
+        if _bits(tree, expr, 1) > MAX_EXPR_BITS:
+            raise _ExprRefused(f"is too large: {_UNBOUNDED}")
+        if _lattice_args(tree) > MAX_LATTICE_ARGS:
+            raise _ExprRefused(f"has more than {MAX_LATTICE_ARGS} arguments of Max and Min, which sympy compares "
+                               "pairwise, in worse than quadratic time, when torch.export.load parses it")
+    except _ExprRefused as e:
+        raise InvalidModel(f"{where}: the symbolic shape expression {str(expr)[:120]!r} {e}",
+                           code="unsafe_graph") from None
+
+
+def _tokens_ok(expr: str) -> bool:
+    try:
+        return all(_token_ok(tok) for tok in tokenize.generate_tokens(io.StringIO(expr).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+
+
+def _parse(expr: str) -> ast.expr:
+    try:
+        return ast.parse(expr, mode="eval").body  # parsing runs nothing
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        raise _ExprRefused(_NOT_PLAIN) from None
+
+
+def _bits(node: ast.AST, expr: str, depth: int) -> int:
+    """An upper bound on the bits of any number (numerator or denominator) sympy may compute for `node`;
+    what has no bound, or is not sympy's grammar, is refused."""
+    if depth > MAX_EXPR_DEPTH:
+        raise _ExprRefused(f"is nested more than {MAX_EXPR_DEPTH} deep (torch writes a few levels); refused "
+                           "before sympy parses it")
+    if isinstance(node, ast.Call):
+        return _call_bits(node, expr, depth)
+    if isinstance(node, ast.Constant):
+        return _constant_bits(node, expr)
+    if isinstance(node, ast.Name) and node.id in _SYMPY_CONSTANTS:
+        return 1
+    if isinstance(node, ast.Name) and _SYMBOL.fullmatch(node.id):  # sympify makes a Symbol of it
+        return _SYMBOL_BITS
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        return _bits(node.operand, expr, depth + 1)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+        sides = _bits(node.left, expr, depth + 1), _bits(node.right, expr, depth + 1)
+        return sum(sides) if isinstance(node.op, (ast.Mult, ast.Div)) else max(sides) + 1
+    if isinstance(node, ast.Tuple):  # Piecewise((value, condition), ...)
+        return max((_bits(e, expr, depth + 1) for e in node.elts), default=1)
+    raise _ExprRefused(_NOT_PLAIN)
+
+
+def _lattice_args(tree: ast.expr) -> int:
+    """All arguments of all Max and Min calls (sympy flattens nested ones into one)."""
+    return sum(len(n.args) for n in ast.walk(tree)
+               if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("Max", "Min"))
+
+
+def _call_bits(node: ast.Call, expr: str, depth: int) -> int:
+    name = node.func.id if isinstance(node.func, ast.Name) else None
+    if name not in _SYMPY_FUNCTIONS:
+        raise _ExprRefused(_NOT_PLAIN)
+    precision = _keywords(node, name)
+    args = node.args
+    if name in ("Symbol", "Float") and len(args) == 1 and _is_str(args[0]):
+        return _SYMBOL_BITS if name == "Symbol" else _float_bits(args[0].value, precision)
+    bits = [_bits(arg, expr, depth + 1) for arg in args]
+    if name in ("Symbol", "Float"):
+        if name == "Symbol" or len(args) != 1:
+            raise _ExprRefused(_NOT_PLAIN)
+        return bits[0] + precision
+    if name in _POWERS or name in _SHIFTS:
+        exponent = _literal(args[1]) if len(args) == 2 else None
+        if exponent is None or abs(exponent) > MAX_EXPR_BITS:
+            raise _ExprRefused(f"has a power or shift whose exponent is not a literal number up to "
+                               f"{MAX_EXPR_BITS}: {_UNBOUNDED}")
+        times = max(1, math.ceil(abs(exponent)))
+        return max(bits[0] * times if name in _POWERS else bits[0] + times, bits[1])
+    if name in _PRODUCTS:
+        return max(1, sum(bits))
+    return max(bits, default=1) + (len(bits) - 1).bit_length()  # a sum of n: log2(n) more bits
+
+
+def _keywords(node: ast.Call, name: str) -> int:
+    """Assumptions (integer=True, ...) and evaluate= take True, False or None; Float's precision (its
+    result) a bounded int: mpmath works at that many bits."""
+    precision = _FLOAT_PRECISION
+    for kw in node.keywords:
+        value = kw.value.value if isinstance(kw.value, ast.Constant) else _NO_VALUE
+        if kw.arg == "precision" and name == "Float" and type(value) is int and value > 0:
+            if value > MAX_EXPR_BITS:
+                raise _ExprRefused(f"asks for a precision of {value} bits: {_UNBOUNDED}")
+            precision = value
+        elif kw.arg not in _SYMPY_KEYWORDS or kw.arg == "precision" or not (value is None or type(value) is bool):
+            raise _ExprRefused(_NOT_PLAIN)
+    return precision
+
+
+def _constant_bits(node: ast.Constant, expr: str) -> int:
+    value = node.value
+    if value is None or type(value) is bool:
+        return 1
+    if type(value) is int:
+        return max(1, abs(value).bit_length())
+    if type(value) is float:  # sympify makes Float('<the literal>') of it
+        return _float_bits(ast.get_source_segment(expr, node) or "", _FLOAT_PRECISION)
+    raise _ExprRefused(_NOT_PLAIN)  # a string outside Symbol/Float, a complex number
+
+
+def _float_bits(text: str, precision: int) -> int:
+    """Float(text): made exact (Rational, Integer), its digits and decimal exponent count as well as its
+    precision - Float('1e-300') is a 1000-bit fraction, Float('1e100000000') a 330-million-bit integer."""
+    try:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise _ExprRefused(_NOT_PLAIN) from None
+    if not number.is_finite():
+        raise _ExprRefused(_NOT_PLAIN)
+    digits = len(number.as_tuple().digits) + abs(number.adjusted())
+    return precision + math.ceil(digits * math.log2(10))
+
+
+def _is_str(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) is str
+
+
+def _literal(node: ast.AST) -> int | float | fractions.Fraction | None:
+    """The value of a literal number - 2, -1, Integer(-1), Float('0.5'), Rational(1, 2) - else None."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        value = _literal(node.operand)
+        return -value if value is not None and isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value if math.isfinite(node.value) else None
+    name = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else None
+    args = node.args if name else []
+    if name == "Float" and len(args) == 1 and _is_str(args[0]):
         try:
-            for tok in tokenize.generate_tokens(io.StringIO(expr).readline):
-                if not _token_ok(tok):
-                    bad = True
-                    break
-        except (tokenize.TokenError, SyntaxError):
-            bad = True
-    if bad:
-        raise InvalidModel(
-            f"{where}: the symbolic shape expression {str(expr)[:120]!r} is not a plain sympy expression; "
-            "torch.export.load would evaluate it as Python code", code="unsafe_graph")
+            value = float(args[0].value)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+    if name == "Integer" and len(args) == 1:
+        return _literal(args[0])
+    if name == "Rational" and len(args) == 2:
+        p, q = _literal(args[0]), _literal(args[1])
+        return fractions.Fraction(p, q) if type(p) is int and type(q) is int and q else None
+    return None
 
 
 def _token_ok(tok: tokenize.TokenInfo) -> bool:
@@ -550,36 +782,59 @@ def _token_ok(tok: tokenize.TokenInfo) -> bool:
 
 def _walk_exprs(doc, where: str) -> None:
     """Every `expr_str` anywhere in a JSON document (iterative: the document may be deeply nested)."""
+    checked: set[str] = set()  # the same expressions recur across tensors: each is checked once
     todo = [doc]
     while todo:
         node = todo.pop()
         if isinstance(node, dict):
-            if "expr_str" in node:
-                _check_sym_expr(node["expr_str"], where)
+            expr = node.get("expr_str")
+            if "expr_str" in node and not (isinstance(expr, str) and expr in checked):
+                _check_sym_expr(expr, where)
+                checked.add(expr)
             todo.extend(node.values())
         elif isinstance(node, list):
             todo.extend(node)
 
 
-def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str):
-    raw = _read(zf, info, MAX_JSON_BYTES, where)
+def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, budget: _Budget):
+    raw = _read_parsed(zf, info, MAX_JSON_BYTES, where, budget)
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise InvalidModel(f"{where}: {info.filename!r} is not valid JSON ({str(e)[:200]})", code="not_pt2") from None
 
 
-def _payload_members(zf, infos, prefix: str, where: str) -> tuple[set[str], set[str]]:
+# What torch 2.13 parses as JSON (torch/export/pt2_archive/_package.py): `_load_exported_programs` takes
+# every record under models/ for a program (json.loads, sympify of each expr_str, torch.load of its
+# data/sample_inputs/<name>.pt), and `_load_state_dict` / `_load_constants` parse the payload configs of
+# each program name. torch.export.save writes one program, `model`; only its members are parsed here.
+_PROGRAM = "models/model.json"
+_PAYLOAD_CONFIGS = {"data/weights/": "model_weights_config.json", "data/constants/": "model_constants_config.json"}
+
+
+def _check_single_program(infos: list[zipfile.ZipInfo], prefix: str, where: str) -> None:
+    """Before anything is read: nothing under models/ but model.json (a directory entry included, which
+    torch takes for a program named ''). Each would be a further program that torch deserializes; the
+    review's 143 KB archive of 120 compressible ones cost the checker 3 GiB when they were parsed."""
+    for info in infos:
+        rel = info.filename[len(prefix):] if info.filename.startswith(prefix) else ""
+        if rel.startswith("models/") and rel != _PROGRAM:
+            raise _unsafe(f"{where}: member {info.filename!r} is a further program: torch.export.load deserializes "
+                          f"every member under models/, and torch.export.save writes one, {_PROGRAM}. Save one "
+                          "program with torch.export.save(torch.export.export(model, example_inputs), path)")
+
+
+def _payload_members(zf, prefix: str, budget: _Budget, where: str) -> tuple[set[str], set[str]]:
     """(raw, pickled) member names from the weights/constants configs: raw payloads are read as plain
     storage bytes and never unpickled; pickled ones (`use_pickle`) go to torch.load(weights_only=False)."""
     raw: set[str] = set()
     pickled: set[str] = set()
-    for info in infos:
-        rel = info.filename[len(prefix):]
-        folder = next((d for d in ("data/weights/", "data/constants/") if rel.startswith(d)), None)
-        if folder is None or "/" in rel[len(folder):] or not rel.endswith("_config.json"):
+    for folder, config_name in _PAYLOAD_CONFIGS.items():
+        try:
+            info = zf.getinfo(prefix + folder + config_name)
+        except KeyError:  # torch then reads a legacy data/weights/model.pt (checked as a pickle) or fails
             continue
-        config = _read_json(zf, info, where)
+        config = _read_json(zf, info, where, budget)
         entries = config.get("config") if isinstance(config, dict) else None
         if not isinstance(entries, dict):
             raise InvalidModel(f"{where}: {info.filename!r} is not a payload config", code="not_pt2")
@@ -605,10 +860,10 @@ def _archive_prefix(infos: list[zipfile.ZipInfo]) -> str:
     return found[0]
 
 
-def _check_members(zf, infos, prefix: str, max_bytes: int, where: str) -> dict:
-    """Every member by what torch would do with it; returns the parsed models/*.json by member name."""
-    raw, pickled = _payload_members(zf, infos, prefix, where)
-    programs = {}
+def _check_members(zf, infos, prefix: str, max_bytes: int, budget: _Budget, where: str):
+    """Every member by what torch would do with it; returns the parsed models/model.json."""
+    raw, pickled = _payload_members(zf, prefix, budget, where)
+    program = None
     for info in infos:
         name = info.filename
         if not name.startswith(prefix):  # torch takes the folder of the first entry as the archive's
@@ -621,16 +876,16 @@ def _check_members(zf, infos, prefix: str, max_bytes: int, where: str) -> dict:
         if rel.startswith("data/aotinductor/"):
             raise _unsafe(f"{member}: AOTInductor artifacts are native code that torch.export.load would "
                           "load; upload the torch.export program only (torch.export.save)")
-        if rel.startswith("models/") or rel.endswith("serialized_exported_program.json"):
-            programs[name] = _read_json(zf, info, member)  # every one is deserialized (and sympified)
-            _walk_exprs(programs[name], member)
+        if rel == _PROGRAM:  # deserialized, and each expr_str sympified
+            program = _read_json(zf, info, member, budget)
+            _walk_exprs(program, member)
         elif name in pickled or any(fnmatch.fnmatchcase(rel, p) for p in _UNPICKLED):
-            _check_torch_save(zf, info, max_bytes, member)
+            _check_torch_save(zf, info, max_bytes, budget, member)
         elif name not in raw:  # unknown members: by content, in case some loader path reads them
             head = _read(zf, info, 0, member, n=8)
             if _is_zip(head) or _is_pickle(head):
-                _check_torch_save(zf, info, max_bytes, member)
-    return programs
+                _check_torch_save(zf, info, max_bytes, budget, member)
+    return program
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -749,8 +1004,25 @@ def describe_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[Ten
         raise InvalidModel(f"not a .pt2 archive: the file is not a zip ({e}); save the model with "
                            "torch.export.save", code="not_pt2") from None
     with zf:
+        prefix = _archive_prefix(zf.infolist())
+        _check_single_program(zf.infolist(), prefix, "archive")  # by name: the clearest reason comes first
         infos = _checked_entries(zf, max_bytes, "archive")
-        prefix = _archive_prefix(infos)
-        programs = _check_members(zf, infos, prefix, max_bytes, "archive")
-        program = programs[prefix + "models/model.json"]
+        program = _check_members(zf, infos, prefix, max_bytes, _Budget(), "archive")
         return (*_signature(program), layer_count(_dig(program, "graph_module")))
+
+
+def _summary(path: Path, max_bytes: int) -> dict:
+    """What the gateway's check (service/modelcheck.py) reads from a child process: the program's inputs,
+    outputs, call targets and layers as JSON; or {"refused": reason, "code": code}."""
+    try:
+        inputs, outputs, targets, layers = describe_pt2(path, max_bytes)
+    except InvalidModel as e:
+        return {"refused": e.message, "code": e.code}
+    return {"inputs": [t.model_dump() for t in inputs], "outputs": [t.model_dump() for t in outputs],
+            "targets": targets, "layers": layers}
+
+
+if __name__ == "__main__":  # python -m core.sandbox ... core.pt2check FILE MAX_BYTES (service/modelcheck.py)
+    import sys
+
+    print(json.dumps(_summary(Path(sys.argv[1]), int(sys.argv[2]))))

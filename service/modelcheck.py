@@ -1,33 +1,36 @@
-"""Checks an uploaded ONNX file before anything runs it, and reads its inputs and outputs.
+"""Checks an uploaded model (ONNX, or a `.pt2` through core/pt2check.py) before anything runs it, and reads
+its inputs and outputs, in a child process held to limits (core/sandbox.py).
 
 Uses the `onnx` package only (protobuf parsing and the checker); onnxruntime never sees a file that
-failed here. Models must be self-contained: tensors stored outside the file are refused.
+failed here. Models must be self-contained: tensors stored outside the file are refused, in every graph,
+subgraph and local function.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
-import resource
-import subprocess
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
+from core import sandbox
 from core.assets import TensorSpec
 from core.errors import InvalidModel
 from core.modelinfo import find_layers, operators
-from core.pt2check import describe_pt2
+from core.sandbox import Limits
+from core.settings import Settings
 
 MAX_NODES = 200_000
-# The ONNX check runs in a process of its own, held to this much address space plus a few times the file's
-# size and to a time limit: a hostile or huge file costs that process, never the gateway's memory.
+# The check runs in a process of its own, held to this much address space plus a few times the file's size,
+# and to PARETO_CHECK_CPU_S of CPU time and PARETO_CHECK_TIMEOUT_S of wall time.
 CHECK_BASE_BYTES = 512 << 20
 CHECK_BYTES_PER_FILE_BYTE = 4
-CHECK_TIMEOUT_S = 120
 
 
 def _dtype(elem_type: int) -> str:
@@ -48,10 +51,46 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(name=value.name, dtype=_dtype(t.elem_type), shape=shape)
 
 
+def _nodes(nodes):
+    """Every node, those of subgraphs (If, Loop, Scan bodies) included, depth first and without recursion."""
+    todo = list(nodes)
+    while todo:
+        node = todo.pop()
+        yield node
+        for a in node.attribute:
+            todo += [n for g in (*([a.g] if a.HasField("g") else []), *a.graphs) for n in g.node]
+
+
+def _all_nodes(model: onnx.ModelProto):
+    yield from _nodes(model.graph.node)
+    for function in model.functions:
+        yield from _nodes(function.node)
+
+
+def _subgraphs(model: onnx.ModelProto):
+    for node in _all_nodes(model):
+        for a in node.attribute:
+            yield from ([a.g] if a.HasField("g") else [])
+            yield from a.graphs
+
+
+def _tensors(model: onnx.ModelProto):
+    """Every tensor stored in the model: initializers (sparse ones too) of every graph, and tensor
+    attributes of every node, in subgraphs and local functions as well."""
+    for graph in (model.graph, *_subgraphs(model)):
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+    for node in _all_nodes(model):
+        for a in node.attribute:
+            yield from ([a.t] if a.HasField("t") else [])
+            yield from a.tensors
+            for sparse in (*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+
+
 def _refuse_external_data(model: onnx.ModelProto) -> None:
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
-    for t in tensors:
+    for t in _tensors(model):
         if t.data_location == TensorProto.EXTERNAL or t.external_data:
             raise InvalidModel(
                 f"tensor {t.name!r} is stored outside the file; upload a single self-contained .onnx "
@@ -75,30 +114,27 @@ def onnx_equivalents(targets: list[str]) -> list[str]:
     return sorted({ATEN_AS_ONNX.get(n, n) for n in names})
 
 
-def inspect_model(path: Path, fmt: str, max_bytes: int) -> dict:
-    """{inputs, outputs, operators, layers} of an upload; InvalidModel with the reason if it is not one."""
-    if fmt == "pt2":
-        inputs, outputs, targets, layers = describe_pt2(path, max_bytes)
-        return {"inputs": inputs, "outputs": outputs, "operators": onnx_equivalents(targets), "layers": layers}
-    found = _in_own_process(path)
+def inspect_model(path: Path, fmt: str, settings: Settings) -> dict:
+    """{inputs, outputs, operators, layers} of an upload; InvalidModel with the reason if it is not one.
+    The file is read in a process of its own (core/sandbox.py): a hostile or huge file costs that process,
+    never the gateway's memory or CPU."""
+    limits = Limits(CHECK_BASE_BYTES + CHECK_BYTES_PER_FILE_BYTE * path.stat().st_size, settings.check_cpu_s,
+                    settings.check_timeout_s)
+    module = "core.pt2check" if fmt == "pt2" else "service.modelcheck"
+    scratch = Path(tempfile.mkdtemp(prefix="check-", dir=path.parent))
+    try:
+        found = sandbox.run(module, [str(path), str(settings.max_upload_bytes)], limits, scratch,
+                            env=sandbox.QUIET_THREADS)
+    except sandbox.LimitExceeded as e:
+        raise InvalidModel(f"the {fmt} check could not read the model: {e.message}", code="model_check_limit") from e
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if "refused" in found:
         raise InvalidModel(found["refused"], code=found["code"])
+    if fmt == "pt2":
+        found["operators"] = onnx_equivalents(found.pop("targets"))
     return {**found, "inputs": [TensorSpec(**t) for t in found["inputs"]],
             "outputs": [TensorSpec(**t) for t in found["outputs"]]}
-
-
-def _in_own_process(path: Path) -> dict:
-    limit = CHECK_BASE_BYTES + CHECK_BYTES_PER_FILE_BYTE * path.stat().st_size
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    try:
-        done = subprocess.run([sys.executable, "-m", "service.modelcheck", str(path), str(limit)], env=env,
-                              capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
-    except subprocess.TimeoutExpired as e:
-        raise InvalidModel(f"the ONNX check did not finish within {CHECK_TIMEOUT_S} s") from e
-    if done.returncode != 0 or not done.stdout.strip():
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        raise InvalidModel(f"the ONNX check could not read the model within {limit >> 20} MiB: {last}")
-    return json.loads(done.stdout)
 
 
 def _summary(path: Path) -> dict:
@@ -119,8 +155,10 @@ def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[Te
         raise InvalidModel(f"not an ONNX model: the protobuf could not be parsed ({e})") from e
     if not model.graph.node and not model.graph.output:
         raise InvalidModel("not an ONNX model: the file holds no graph")
-    if len(model.graph.node) > MAX_NODES:
-        raise InvalidModel(f"the graph has {len(model.graph.node)} nodes; the limit is {MAX_NODES}")
+    nodes = sum(1 for _ in itertools.islice(_all_nodes(model), MAX_NODES + 1))
+    if nodes > MAX_NODES:
+        raise InvalidModel(f"the graph has more than {MAX_NODES} nodes (subgraphs and functions counted); "
+                           f"the limit is {MAX_NODES}")
     _refuse_external_data(model)
     try:
         onnx.checker.check_model(model)
@@ -135,7 +173,5 @@ def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[Te
     return model, inputs, outputs
 
 
-if __name__ == "__main__":  # python -m service.modelcheck FILE ADDRESS_SPACE_BYTES (see _in_own_process)
-    limit = int(sys.argv[2])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+if __name__ == "__main__":  # python -m core.sandbox ... service.modelcheck FILE MAX_BYTES (inspect_model)
     print(json.dumps(_summary(Path(sys.argv[1]))))

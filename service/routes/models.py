@@ -47,12 +47,10 @@ async def upload_model(
 
     def check(spool: Path, upload: Upload):
         fmt = _format(format, upload, spool)
-        return fmt, inspect_model(spool, fmt, b.settings.max_upload_bytes)
+        return fmt, inspect_model(spool, fmt, b.settings)
 
     s = b.settings
-    upload, (fmt, summary) = await receive_checked(
-        request, b.objects, key, s.max_upload_bytes, s.data_dir / "spool", check
-    )
+    upload, (fmt, summary) = await receive_checked(request, b.objects, key, s, check)
     record = ModelRecord(
         id=model_id,
         name=safe_filename(name or upload.fields.get("name") or upload.filename or "model"),

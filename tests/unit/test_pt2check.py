@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import shlex
 import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from core.errors import InvalidModel
 from core.pt2check import check_pickle, inspect_pt2
 
 LIMIT = 256 * 1024 * 1024
+MiB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -485,6 +488,231 @@ def test_the_symbol_pattern_names_nothing_sympify_could_call():
     assert not [n for n in known if pt2check._SYMBOL.fullmatch(n)]
     for name in pt2check._SYMPY_NAMES & set(namespace):
         assert getattr(namespace[name], "__module__", "sympy").startswith("sympy"), name
+
+
+# ---------------------------------------------------------------------------------------------------
+# denial of service: small archives that would cost the checker (or torch) memory or CPU without bound
+# ---------------------------------------------------------------------------------------------------
+
+def deflated(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def reads(monkeypatch) -> list[tuple[str, int]]:
+    """(member, bytes) of every member the checker reads whole (the 8-byte sniffs of unknown members
+    are left out), recorded from pt2check._read."""
+    log: list[tuple[str, int]] = []
+    real = pt2check._read
+
+    def recorded(zf, info, limit, where, n=None):
+        data = real(zf, info, limit, where, n)
+        if n is None:
+            log.append((info.filename, len(data)))
+        return data
+
+    monkeypatch.setattr(pt2check, "_read", recorded)
+    return log
+
+
+def refused_quickly(path: Path, code: str, match: str | None = None, seconds: float = 5.0) -> InvalidModel:
+    start = time.perf_counter()
+    error = refused(path, code, match)
+    assert time.perf_counter() - start < seconds
+    return error
+
+
+def json_bomb(size: int) -> bytes:
+    """Valid JSON of `size` bytes that json.loads turns into ~20x as much memory (a dict per 3 bytes)."""
+    return b"[" + b"{}," * (size // 3 - 1) + b"{}]"
+
+
+def test_9_programs_beside_models_model_json_are_refused_unread(archives, tmp_path, monkeypatch):
+    """The review's archive: 143 KB, 120 compressible models/*.json members; parsing each took the
+    checker from 117 MiB to 3 GiB. torch.export.load deserializes every member under models/ as a
+    program, so the archive is refused before any of them is read."""
+    bomb = json_bomb(MiB)
+    members = {deflated(f"seq/models/m{i}.json"): bomb for i in range(120)}
+    path = rewrite(archives["seq"], tmp_path / "m.pt2", add=members)
+    assert path.stat().st_size < 512 * 1024
+    log = reads(monkeypatch)
+    refused_quickly(path, "unsafe_archive", match="models/m0.json.*torch.export.save")
+    assert not [name for name, _ in log if "/models/m" in name]
+
+
+@pytest.mark.parametrize("extra", ["second_program", "directory"])
+def test_9b_a_second_program_or_anything_else_under_models_is_refused(archives, tmp_path, extra):
+    """torch 2.13 load_pt2 deserializes (sympifies, unpickles the inputs of) every models/<name>.json,
+    not only the `model` that torch.export.load returns; a directory entry becomes a program named ''."""
+    with zipfile.ZipFile(archives["seq"]) as z:
+        second = {"seq/models/other.json": z.read("seq/models/model.json"),
+                  "seq/data/sample_inputs/other.pt": z.read("seq/data/sample_inputs/model.pt")}
+    add = second if extra == "second_program" else {zipfile.ZipInfo("seq/models/"): b""}
+    refused(rewrite(archives["seq"], tmp_path / "m.pt2", add=add), "unsafe_archive", match="one program")
+
+
+def string_pickle(size: int) -> bytes:
+    """A valid protocol 2 pickle of `size` bytes: one str (few opcodes, many bytes)."""
+    n = size - 8
+    return b"\x80\x02X" + n.to_bytes(4, "little") + b"a" * n + b"."
+
+
+def test_10_the_bytes_parsed_across_members_are_capped(archives, tmp_path, monkeypatch):
+    """Members of at most 1 MiB escape the ratio limit; enough small pickles (any member torch could
+    unpickle is read whole and parsed) add up to any amount. The checker stops at MAX_PARSED_BYTES,
+    refusing each member before reading it."""
+    count = pt2check.MAX_PARSED_BYTES // MiB + 2
+    body = string_pickle(MiB)
+    path = rewrite(archives["seq"], tmp_path / "m.pt2",
+                   add={deflated(f"seq/data/sample_inputs/p{i}.pt"): body for i in range(count)})
+    assert path.stat().st_size < 2 * MiB
+    log = reads(monkeypatch)
+    refused_quickly(path, "archive_too_large", match="more than")
+    assert sum(n for _, n in log) <= pt2check.MAX_PARSED_BYTES
+
+
+def none_pickle(ops: int) -> bytes:
+    """A valid pickle of `ops` NONE opcodes (one byte each): cheap to store, costly to walk."""
+    return b"\x80\x02" + b"N" * ops + b"."
+
+
+def test_11_pickle_opcodes_are_capped_across_the_archive(archives, tmp_path):
+    """The review's archive: 96 KB of NONE pickles, each under the ratio limit, cost 91 s of CPU. The
+    opcodes of all pickles of an archive are counted against MAX_PICKLE_OPS as they are run."""
+    per_member = pt2check.MAX_PICKLE_OPS // 4
+    body = none_pickle(per_member)
+    path = rewrite(archives["seq"], tmp_path / "m.pt2",
+                   add={deflated(f"seq/data/sample_inputs/n{i}.pt"): body for i in range(12)})
+    assert path.stat().st_size < 512 * 1024
+    refused_quickly(path, "archive_too_large", match="opcodes")
+
+
+def test_11b_one_pickle_with_too_many_opcodes_is_refused_quickly():
+    start = time.perf_counter()
+    with pytest.raises(InvalidModel, match="opcodes") as e:
+        check_pickle(none_pickle(20 * pt2check.MAX_PICKLE_OPS), "x.pkl")
+    assert e.value.code == "archive_too_large"
+    assert time.perf_counter() - start < 5
+
+
+def test_11c_a_nested_zip_read_backwards_is_charged_for_its_reinflation(archives, tmp_path):
+    """A deflated torch.save zip whose central directory lists its members last to first: reading each
+    one seeks back and inflates the member again from its start. Its 8000 tiny pickles cost ~3 GB of
+    decompression (2 s; a hundred such members in a 6 MB upload, minutes)."""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        for i in range(8000):
+            z.writestr(f"a/{i}.pkl", b"\x80\x02N.")
+        z.filelist.reverse()
+    path = rewrite(archives["seq"], tmp_path / "m.pt2", add={deflated("seq/data/sample_inputs/x.pt"): inner.getvalue()})
+    assert path.stat().st_size < 128 * 1024
+    refused_quickly(path, "archive_too_large", match="more than")
+
+
+def first_expr_replaced(model_json: bytes, expr: str) -> bytes:
+    """model.json with the first `expr_str` found replaced by `expr`."""
+    doc = json.loads(model_json)
+    todo = [doc]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict) and "expr_str" in node:
+            node["expr_str"] = expr
+            return json.dumps(doc).encode()
+        todo.extend(node.values() if isinstance(node, dict) else node if isinstance(node, list) else [])
+    raise AssertionError("no expr_str in model.json")
+
+
+def test_12_a_shape_expression_sympy_cannot_finish_evaluating_is_refused(archives, tmp_path):
+    """10**(10**10): plain sympy names only, so the allowlist let it through, and sympy.sympify in
+    torch.export.load computes a number of 33 billion bits (it never returns)."""
+    tower = "Pow(Integer(10), Pow(Integer(10), Integer(10)))"
+    path = rewrite(archives["seq"], tmp_path / "m.pt2",
+                   replace={"models/model.json": lambda b: first_expr_replaced(b, tower)})
+    refused_quickly(path, "unsafe_graph", match="bits")
+
+
+@pytest.mark.parametrize("expr", [
+    "Pow(Integer(10), Pow(Integer(10), Integer(10)))",
+    "Pow(Integer(10), Integer(100000))",
+    "PowByNatural(Rational(3, 2), Integer(10000000000))",
+    "FloatPow(Float('10.0', precision=53), Integer(100000000))",
+    "Pow(Symbol('s0', integer=True), Symbol('s1', integer=True))",  # a symbolic exponent
+    "LShift(Integer(1), Integer(10000000000))",
+    "Mul(Pow(Integer(2), Integer(2000)), Pow(Integer(3), Integer(1500)))",  # 4377 bits, each factor fewer
+    "Integer(" + "9" * 1300 + ")",
+    "Integer(Float('1e100000000'))",
+    "Rational(Float('1e-100000000'))",
+    "Float('1.5', precision=1000000000)",
+    "Add(" * 80 + "s0" + ", 1)" * 80,
+    "Max(" + ", ".join(f"s{i}" for i in range(300)) + ")",  # 1.7 KB; sympy compares the 300 pairwise
+])
+def test_shape_expressions_too_large_to_evaluate_are_refused(expr):
+    start = time.perf_counter()
+    with pytest.raises(InvalidModel, match="sympy") as e:
+        pt2check._check_sym_expr(expr, "m")
+    assert e.value.code == "unsafe_graph"
+    assert time.perf_counter() - start < 1
+
+
+@pytest.mark.parametrize("expr", [
+    "Mul(Integer(16), Pow(Symbol('s6', positive=True, integer=True), Integer(2)))",
+    "Add(Mod(Mul(Integer(4), Symbol('s6', positive=True, integer=True)), Integer(3)), Integer(1))",
+    "Mul(Symbol('s77', positive=True, integer=True), Max(Integer(1), TruncToInt(Mul(Float('2.5', precision=53), "
+    "ToFloat(Symbol('s27', positive=True, integer=True))))))",
+    "LessThan(Symbol('u0', integer=True), Integer(3))",
+    "Piecewise((Integer(1), StrictLessThan(Symbol('s0'), Integer(3))), (Integer(0), true))",
+    "Mul(Integer(-1), Pow(Symbol('s0', integer=True), Integer(-1)))",
+    "FloatPow(ToFloat(Symbol('s0')), Float('0.5', precision=53))",
+    "PowByNatural(Symbol('s0'), Integer(64))",
+    "Pow(Integer(2), Integer(2000))",
+    "LShift(Symbol('s0'), Integer(3))",
+    "Rational(1, 2)",
+    "Max(Integer(5), -oo, -int_oo)",
+    "Add(" + ", ".join(f"Symbol('s{i}', positive=True, integer=True)" for i in range(90)) + ")",
+])
+def test_shape_expressions_torch_writes_pass(expr):
+    pt2check._check_sym_expr(expr, "m")
+
+
+class Reshapes(torch.nn.Module):
+    """Derived dims (2*b, b+1) and views: Mul, Add, Pow, FloorDiv and Mod in the shapes."""
+
+    def forward(self, x, y):
+        n = x.shape[0]
+        return x.reshape(-1, 4).sum() + x.view(n // 2, 2, 6).sum() + y[1:].sum(), x.new_zeros(n * n), x[: n % 3 + 1]
+
+
+class Strided(torch.nn.Module):
+    """Convolution and pooling over a dynamic length (FloorDiv, Max), interpolation (Float, ToFloat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.pool = torch.nn.Conv1d(2, 3, 5, stride=3, padding=1), torch.nn.AvgPool1d(3, 2)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)), torch.nn.functional.interpolate(x, scale_factor=2.5)
+
+
+class Unbacked(torch.nn.Module):
+    def forward(self, x):
+        return torch.nonzero(x).float().sum(0)
+
+
+def test_symbolic_shape_programs_pass(tmp_path):
+    b = Dim("b", max=1024)
+    cases = [
+        (Reshapes(), (torch.randn(4, 6), torch.randn(3, 3)), ({0: 2 * b}, {0: b + 1})),
+        (Strided(), (torch.randn(2, 2, 50),), ({0: Dim("n"), 2: Dim.AUTO},)),
+        (Unbacked(), (torch.tensor([1.0, 0.0, 2.0]),), None),
+    ]
+    functions = set()
+    for i, (model, args, dynamic) in enumerate(cases):
+        torch.export.save(torch.export.export(model, args, dynamic_shapes=dynamic), tmp_path / f"{i}.pt2")
+        inspect_pt2(tmp_path / f"{i}.pt2", LIMIT)
+        with zipfile.ZipFile(tmp_path / f"{i}.pt2") as z:
+            functions |= set(re.findall(r"\b([A-Z][A-Za-z]+)\(", z.read(f"{i}/models/model.json").decode()))
+    assert {"Mul", "Add", "Pow", "FloorDiv", "Mod", "Max", "Float", "ToFloat", "TruncToInt"} <= functions
 
 
 # ---------------------------------------------------------------------------------------------------
