@@ -7,6 +7,8 @@ them into problem+json. Nobody sees a bare traceback as the message.
 
 from __future__ import annotations
 
+import re
+
 
 class ParetoError(Exception):
     code = "internal_error"
@@ -63,8 +65,8 @@ class TooManyRequests(ParetoError):
 
     code, status, title, user_error = "rate_limited", 429, "Too many requests", True
 
-    def __init__(self, message: str, retry_after_s: int):
-        super().__init__(message, retry_after_s=retry_after_s)
+    def __init__(self, message: str, retry_after_s: int, code: str | None = None):
+        super().__init__(message, code=code, retry_after_s=retry_after_s)
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
@@ -78,3 +80,18 @@ class JobCancelled(ParetoError):
     """Raised inside a worker when the job was cancelled; ends the job `cancelled`, not `failed`."""
 
     code, status, title, user_error = "cancelled", 409, "Job cancelled", True
+
+
+class BudgetExceeded(ParetoError):
+    """A job went over its CPU or memory budget (PARETO_JOB_CPU_S, PARETO_JOB_MEMORY_BYTES): the model or the
+    recipe asks for more than this service gives one job."""
+
+    code, status, title, user_error = "budget_exceeded", 422, "Over the job's budget", True
+
+
+_ABSOLUTE_PATH = re.compile(r"""(?:^|(?<=[\s'"(\[=]))/(?:[\w.+-]+/)+([\w.+-]*)""")
+
+
+def without_paths(message: str) -> str:
+    """A message for the user: the worker's absolute file paths reduced to their file names."""
+    return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(a folder)", message)

@@ -17,6 +17,7 @@ import uuid
 
 import redis
 
+from core.errors import without_paths
 from core.retry import Backoff
 from workers.plan import BASELINE, Node
 
@@ -142,7 +143,7 @@ class Fleet:
     @_retried
     def fail(self, node: Node, code: str, message: str) -> None:
         pipe = self.r.pipeline()
-        pipe.hset(self._k("failed"), node.id, json.dumps({"code": code, "message": message}))
+        pipe.hset(self._k("failed"), node.id, json.dumps({"code": code, "message": without_paths(message)}))
         pipe.hdel(self._k("leases"), node.id)
         pipe.execute()
 

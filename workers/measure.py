@@ -1,21 +1,23 @@
-"""Measures a model the same way for the baseline and every candidate: counted from the file, run on
-the target in a probe process, compared with the baseline's outputs on the same inputs."""
+"""Measures a model the same way for the baseline and every candidate: counted from the file and run on
+the target in a probe process (held to the job's budget), compared with the baseline's outputs on the same
+inputs."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.errors import ParetoError
+from core import sandbox
+from core.errors import BudgetExceeded, ParetoError
 from core.recipe import Target
 from core.report import Fidelity, Latency, Metrics
-from workers.modelstats import static_metrics
+from core.sandbox import Limits
+from core.settings import get_settings
+from workers import budget
 from workers.quality import quality
 
 PROBE_TIMEOUT_S = 1800
@@ -63,7 +65,7 @@ class Bench:
         outputs_file = np.load(probe.pop("outputs_path"), allow_pickle=False)
         outputs = [outputs_file[f"arr_{i}"] for i in range(len(outputs_file.files))]
         metrics = Metrics(
-            **static_metrics(model, self.sample_shapes),
+            **probe["static"],
             latency_ms={b: Latency(**v) for b, v in probe["latency_ms"].items()},
             throughput_per_s=probe["throughput_per_s"],
             peak_memory_bytes=probe["peak_memory_bytes"],
@@ -80,23 +82,33 @@ class Bench:
             "batch_sizes": self.target.batch_sizes, "warmup": self.target.warmup,
             "repeats": self.target.repeats, "threads": self.threads, "providers": self.providers,
             "runtime": self.target.runtime, "device": self.target.device,
-            "fixed_batch": self.fixed_batch,
+            "fixed_batch": self.fixed_batch, "sample_shapes": self.sample_shapes,
         }
 
     def _probe(self, model: Path) -> dict:
         spec = self.spec(model)
         spec_path = self.workdir / f"{model.stem}.probe.json"
         spec_path.write_text(json.dumps(spec))
-        done = subprocess.run(
-            [sys.executable, "-m", "workers.probe", str(spec_path)],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
-        )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:500]
-            raise ParetoError(f"the model could not be run on the target: {last}", code="model_run_failed")
-        result = json.loads(done.stdout)
+        result = in_sandbox("workers.probe", [str(spec_path)], self.workdir / f"{model.stem}.scratch",
+                            "the model could not be run on the target", "model_run_failed", PROBE_TIMEOUT_S)
         result["outputs_path"] = spec["outputs"]
         return result
+
+
+def in_sandbox(module: str, args: list[str], scratch: Path, failure: str, code: str, wall_s: float) -> dict:
+    """A worker's child process on the job's data, within the job's budget (core/sandbox.py), stopped at once
+    when the job is cancelled or over budget (workers/budget.py)."""
+    s = get_settings()
+    try:
+        return sandbox.run(module, args, Limits(s.job_memory_bytes, s.job_cpu_s, wall_s), scratch, stop=budget.check)
+    except sandbox.LimitExceeded as e:
+        if e.which == "memory":
+            raise BudgetExceeded(f"{failure}: it needed more than the job's {s.job_memory_bytes >> 20} MiB of "
+                                 "memory (PARETO_JOB_MEMORY_BYTES)", code="memory_budget_exceeded") from None
+        if e.which == "cpu":
+            raise BudgetExceeded(f"{failure}: it used more than the job's {s.job_cpu_s} s of CPU time "
+                                 "(PARETO_JOB_CPU_S)", code="cpu_budget_exceeded") from None
+        raise ParetoError(f"{failure}: {e.message}", code=code) from None
 
 
 def fidelity(reference: np.ndarray, output: np.ndarray, classification: bool) -> Fidelity:

@@ -1,8 +1,11 @@
-"""Measures one model on the target, in a process of its own: `python -m workers.probe spec.json`.
+"""Measures one model on the target, in a process of its own (core/sandbox.py, workers/measure.py):
+`python -m workers.probe spec.json`.
 
 A fresh process gives a clean peak-memory reading (VmHWM minus the resident size before the session
-was made) and keeps a crashing model from taking the worker down. It runs the evaluation inputs
-(outputs saved for fidelity and quality) and times each batch size after a warm-up.
+was made), keeps a crashing model from taking the worker down, and holds what reading the file costs
+(parsing, shape inference for the MAC count) to the job's limits. It counts the file's parameters and
+MACs, runs the evaluation inputs (outputs saved for fidelity and quality) and times each batch size after
+a warm-up.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from workers.modelstats import static_metrics
 
 
 def _status_kb(field: str) -> int:
@@ -108,12 +113,14 @@ def measure(spec: dict) -> dict:
         p50, p90, p99 = np.percentile(times, [50, 90, 99])
         latency[str(batch)] = {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
     last = max(latency, key=int) if latency else None
+    peak = max(0, _status_kb("VmHWM") - rss_before) * 1024  # read before the counting below adds its own
     return {
         "latency_ms": latency,
         "throughput_per_s": int(last) / (latency[last]["p50"] / 1000) if last else None,
-        "peak_memory_bytes": max(0, _status_kb("VmHWM") - rss_before) * 1024,
+        "peak_memory_bytes": peak,
         "providers": providers,
         "notes": notes,
+        "static": static_metrics(Path(spec["model"]), spec.get("sample_shapes")),
     }
 
 

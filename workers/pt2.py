@@ -3,7 +3,9 @@ into ONNX for the steps and the measurements, and made again from a candidate's 
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,8 @@ import onnx
 from core.assets import TensorSpec
 from core.errors import InvalidModel
 from core.pt2check import describe_pt2
+
+CONVERT_TIMEOUT_S = 1800
 
 
 def load_program(path: Path, max_bytes: int):
@@ -44,20 +48,41 @@ def _scoped_names(model: onnx.ModelProto) -> None:
 
 def program_to_onnx(src: Path, out: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                     samples: dict[str, np.ndarray], max_bytes: int) -> Path:
+    """The uploaded program as ONNX. torch.export.load reads an untrusted file: it runs in a child process
+    within the job's budget (workers/measure.py `in_sandbox`), stopped at once if the job is cancelled."""
+    from workers.measure import in_sandbox
+
+    spec = out.parent / f"{out.stem}.convert.json"
+    example = out.parent / f"{out.stem}.example.npz"
+    np.savez(example, *[np.ascontiguousarray(samples[s.name][:2]) for s in inputs])
+    spec.write_text(json.dumps({"src": str(src), "out": str(out), "example": str(example), "max_bytes": max_bytes,
+                                "inputs": [s.name for s in inputs], "outputs": [s.name for s in outputs]}))
+    found = in_sandbox("workers.pt2", [str(spec)], out.parent / f"{out.stem}.scratch",
+                       "the program could not be converted to ONNX", "conversion_failed", CONVERT_TIMEOUT_S)
+    if "refused" in found:
+        raise InvalidModel(found["refused"], code=found["code"])
+    return out
+
+
+def _convert(spec: dict) -> dict:
+    """In the child: the archive checked again, loaded, exported to ONNX; {} or {"refused", "code"}."""
     import torch
 
-    program = load_program(src, max_bytes)
-    args = tuple(torch.from_numpy(np.ascontiguousarray(samples[s.name][:2])) for s in inputs)
     try:
-        torch.onnx.export(program, args, str(out), dynamo=True, external_data=False, verbose=False,
-                          input_names=[s.name for s in inputs], output_names=[s.name for s in outputs])
+        program = load_program(Path(spec["src"]), spec["max_bytes"])
+        with np.load(spec["example"]) as example:
+            args = tuple(torch.from_numpy(example[f"arr_{i}"]) for i in range(len(spec["inputs"])))
+        torch.onnx.export(program, args, spec["out"], dynamo=True, external_data=False, verbose=False,
+                          input_names=spec["inputs"], output_names=spec["outputs"])
+    except InvalidModel as e:
+        return {"refused": e.message, "code": e.code}
     except Exception as e:
-        raise InvalidModel(f"the program could not be converted to ONNX: {type(e).__name__}: {str(e)[:300]}",
-                           code="conversion_failed") from e
-    model = onnx.load(str(out))
+        return {"refused": f"the program could not be converted to ONNX: {type(e).__name__}: {str(e)[:300]}",
+                "code": "conversion_failed"}
+    model = onnx.load(spec["out"])
     _scoped_names(model)
-    onnx.save(model, str(out))
-    return out
+    onnx.save(model, spec["out"])
+    return {}
 
 
 def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dict[str, np.ndarray]) -> Path:
@@ -76,3 +101,7 @@ def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dic
         program = torch.export.export(module, args, dynamic_shapes=shapes)
     torch.export.save(program, str(out))
     return out
+
+
+if __name__ == "__main__":  # python -m core.sandbox ... workers.pt2 SPEC.json (program_to_onnx)
+    print(json.dumps(_convert(json.loads(Path(sys.argv[1]).read_text()))))

@@ -12,17 +12,20 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from core.assets import AssetStore
-from core.errors import JobCancelled, ParetoError
+from core.errors import BudgetExceeded, JobCancelled, ParetoError, without_paths
 from core.job import Artifact, Job, JobError, JobStatus, Progress
 from core.jobstore import JobStore, redis_client
 from core.objectstore import ObjectStore, job_prefix
 from core.settings import Settings, get_settings
 from workers import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
+from workers.budget import Budget
 from workers.fleet import POLL_S, Fleet
 from workers.pipeline import Stored, run_recipe
 from workers.webhooks import notify
@@ -95,7 +98,8 @@ def run_job(tenant: str, job_id: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        artifacts = _execute(job, settings, jobs, objects, workdir)
+        with _budget(jobs, job, settings), working_in(workdir):
+            artifacts = _execute(job, settings, jobs, objects, workdir)
         done = Progress(step=job.progress.steps_total, steps_total=job.progress.steps_total, fraction=1.0,
                         message="done")
         _finish(jobs, job_id, JobStatus.succeeded, artifacts=artifacts, progress=done)
@@ -106,13 +110,41 @@ def run_job(tenant: str, job_id: str) -> None:
             code="time_limit", message=f"the job ran longer than {settings.soft_time_limit_s} s"))
     except ParetoError as e:
         log.warning("job %s failed: %s: %s", job_id, e.code, e.message)
-        _finish(jobs, job_id, JobStatus.failed, error=JobError(code=e.code, message=e.message))
+        _finish(jobs, job_id, JobStatus.failed, error=JobError(code=e.code, message=without_paths(e.message)))
     except Exception as e:
         log.exception("job %s failed unexpectedly", job_id)
         _finish(jobs, job_id, JobStatus.failed, error=JobError(
-            code="internal_error", message=f"unexpected {type(e).__name__}: {str(e)[:300]}"))
+            code="internal_error", message=without_paths(f"unexpected {type(e).__name__}: {str(e)[:300]}")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _budget(jobs: JobStore, job: Job, settings: Settings) -> Budget:
+    """The job's CPU and memory budget and its cancellation, watched while it runs (workers/budget.py)."""
+    def cancelled() -> bool:
+        current = jobs.load(job.id)
+        return (current is None or current.cancel_requested or current.status is not JobStatus.running
+                or current.attempts != job.attempts)
+
+    def give_up(reason: ParetoError) -> None:
+        if isinstance(reason, JobCancelled):
+            _finish(jobs, job.id, JobStatus.cancelled)
+        else:
+            _finish(jobs, job.id, JobStatus.failed, error=JobError(code=reason.code, message=reason.message))
+
+    return Budget(job.id, settings, cancelled, give_up)
+
+
+@contextmanager
+def working_in(folder: Path):
+    """The job's folder as the current directory: what a library writes there (onnxruntime's symbolic shape
+    inference writes `sym_shape_infer_temp.onnx` and its weights) stays in the job's folder and goes with it."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore, workdir) -> list[Artifact]:
@@ -155,10 +187,14 @@ def help_job(tenant: str, job_id: str, attempt: int) -> None:
         return
     fleet = Fleet(jobs.r, job_id, attempt, settings.node_lease_s, settings.worker_retry_s)
     workdir = settings.job_work_dir / f"{job_id}-helper-{os.getpid()}"
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        help_run(job, fleet, settings, jobs, objects, workdir)
+        with _budget(jobs, job, settings), working_in(workdir):
+            help_run(job, fleet, settings, jobs, objects, workdir)
     except JobCancelled:
         pass
+    except BudgetExceeded as e:  # the job's budget holds on every worker: the coordinator stops at its next check
+        _finish(jobs, job_id, JobStatus.failed, error=JobError(code=e.code, message=e.message))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
