@@ -37,6 +37,11 @@ def up(args: argparse.Namespace) -> int:
         P.stop_all(started[len(infra):], timeout=30)  # a worker finishes its current step
         P.stop_all(infra, timeout=5)
 
+    # Before anything starts: a signal while the servers start stops what was started (the process still
+    # starting is stopped by P._wait), instead of leaving it running. Both set here, not inherited: a shell
+    # that starts `pareto up` in the background (`&` without job control) hands it SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: P.STOPPING.set())
     try:
         if not settings.redis_url:
             proc, url = P.start_valkey(data_dir, args.redis_port)
@@ -56,6 +61,10 @@ def up(args: argparse.Namespace) -> int:
         started.append(P.start_api(env, logs, args.host, args.port))
         for i in range(args.workers):
             started.append(P.start_worker(env, logs, settings.worker_queues, f"worker{i + 1}", args.concurrency))
+    except P.Interrupted as e:
+        stop_all()
+        print(f"pareto up: {e}; stopped what was started", file=sys.stderr)
+        return 1
     except Exception as e:
         stop_all()
         print(f"pareto up failed: {e}", file=sys.stderr)
@@ -68,12 +77,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"  export PARETO_URL=http://{args.host}:{args.port} PARETO_API_KEY={key}")
     print("Ctrl-C stops everything started here.", flush=True)
 
-    stopping = []
-    # Both set here, not inherited: a shell that starts `pareto up` in the background (`&` without job control)
-    # hands it SIGINT ignored, and Ctrl-C or `kill -INT` would then leave everything running.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(1))
-    while not stopping:
+    while not P.STOPPING.is_set():
         dead = [p for p in started if not p.alive()]
         if dead:
             print(f"{dead[0].name} exited unexpectedly:\n{dead[0].tail()}", file=sys.stderr)
@@ -85,8 +89,7 @@ def up(args: argparse.Namespace) -> int:
 
 
 def api(args: argparse.Namespace) -> int:
-    argv = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", args.host, "--port", str(args.port)]
-    os.execv(sys.executable, argv)
+    os.execv(sys.executable, P.api_argv(args.host, args.port, Settings()))
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import redis
 
 from core.queue import WARMED
+from core.settings import Settings
 
 
 @dataclass
@@ -73,20 +75,34 @@ def spawn(name: str, argv: list[str], logs: Path, env: dict[str, str] | None = N
     return Process(name, popen, log)
 
 
+class Interrupted(BaseException):  # noqa: N818 (a request to stop, not an error)
+    """`STOPPING` was set (SIGINT or SIGTERM to `pareto up`) while a process was starting."""
+
+
+STOPPING = threading.Event()  # set by `pareto up`'s signal handlers; a process still starting is then stopped
+
+
 def _wait(check, what: str, proc: Process, timeout: float) -> None:
+    """Until `check()` says the process is ready; the process is stopped on every way out but success,
+    STOPPING included."""
     deadline = time.monotonic() + timeout
     error: Exception | None = None
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{what} exited with code {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            if check():
-                return
-        except Exception as e:  # not up yet
-            error = e
-        time.sleep(0.25)
-    proc.stop()
-    raise RuntimeError(f"{what} did not become ready in {timeout:.0f} s ({error}):\n{proc.tail()}")
+    try:
+        while time.monotonic() < deadline:
+            if STOPPING.is_set():
+                raise Interrupted(f"stopped while {what} was starting")
+            if not proc.alive():
+                raise RuntimeError(f"{what} exited with code {proc.popen.returncode}:\n{proc.tail()}")
+            try:
+                if check():
+                    return
+            except Exception as e:  # not up yet
+                error = e
+            time.sleep(0.25)
+        raise RuntimeError(f"{what} did not become ready in {timeout:.0f} s ({error}):\n{proc.tail()}")
+    except BaseException:
+        proc.stop(timeout=5)
+        raise
 
 
 def start_valkey(data_dir: Path, port: int) -> tuple[Process, str]:
@@ -131,6 +147,7 @@ def start_seaweedfs(data_dir: Path, port: int, access_key: str, secret_key: str,
             f"-master.port={master}", f"-master.port.grpc={master + 10000}",
             f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}", "-volume.max=0",
             "-master.volumeSizeLimitMB=64", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
+            "-filer.disableHttp",  # the filer's HTTP API has no credentials; the S3 gateway needs only its gRPC
             "-s3", f"-s3.port={port}", f"-s3.port.grpc={port + 10000}", f"-s3.config={config}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"]
     proc = spawn("seaweedfs", argv, data_dir / "logs")
@@ -150,9 +167,16 @@ def start_seaweedfs(data_dir: Path, port: int, access_key: str, secret_key: str,
     return proc, url
 
 
+def api_argv(host: str, port: int, settings: Settings) -> list[str]:
+    """uvicorn with a bound on connections and tasks (503 past it) and on the listen backlog, so that a flood
+    of connections meets a refusal, not a server out of file handles."""
+    return [sys.executable, "-m", "uvicorn", "service.app:app", "--host", host, "--port", str(port),
+            "--no-access-log", "--timeout-graceful-shutdown", "10",
+            "--limit-concurrency", str(settings.api_concurrency), "--backlog", str(settings.api_backlog)]
+
+
 def start_api(env: dict[str, str], logs: Path, host: str, port: int) -> Process:
-    argv = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", host, "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", "10"]
+    argv = api_argv(host, port, Settings(**{k: v for k, v in env.items() if k.startswith("PARETO_")}))
     proc = spawn("api", argv, logs, env)
     import httpx
 

@@ -65,13 +65,43 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class RepeatLimit(logging.Filter):
+    """At most `burst` records of one kind (logger, level, message) per `window_s`; the next one after a
+    window says how many were left out. A flood of one error (a server out of file handles logs each refused
+    connection) then costs a few lines a second, not hundreds of megabytes. The access log (one line per
+    request by design) is not limited."""
+
+    def __init__(self, burst: int = 10, window_s: float = 10.0, exempt: tuple[str, ...] = ("pareto.access",)):
+        super().__init__()
+        self.burst, self.window_s, self.exempt = burst, window_s, exempt
+        self._seen: dict[tuple, list] = {}  # kind -> [window start, count in window, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name in self.exempt:
+            return True
+        kind = (record.name, record.levelno, record.getMessage()[:200])
+        state = self._seen.setdefault(kind, [record.created, 0, 0])
+        if record.created - state[0] >= self.window_s:
+            if state[2]:
+                record.repeats_left_out = state[2]
+            state[:] = [record.created, 0, 0]
+            if len(self._seen) > 10_000:  # kinds are templates, but a bound costs nothing
+                self._seen = {kind: state}
+        state[1] += 1
+        if state[1] > self.burst:
+            state[2] += 1
+            return False
+        return True
+
+
 def configure(level: int | str = logging.INFO, take_over: Iterable[str] = (), silence: Iterable[str] = (),
               stream=None) -> None:
-    """JSON lines on stderr from the root logger. Loggers named in `take_over` (a server's own, with
-    their own handlers) lose those handlers and propagate to the root instead; those in `silence` are
-    turned off (something else logs what they would)."""
+    """JSON lines on stderr from the root logger, repeats limited (RepeatLimit). Loggers named in
+    `take_over` (a server's own, with their own handlers) lose those handlers and propagate to the root
+    instead; those in `silence` are turned off (something else logs what they would)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatLimit())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)

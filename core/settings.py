@@ -60,6 +60,21 @@ class Settings(BaseSettings):
     webhook_allowlist: str = Field("", validation_alias=_env("PARETO_WEBHOOK_ALLOWLIST"))
     webhook_timeout_s: float = Field(5, gt=0, validation_alias=_env("PARETO_WEBHOOK_TIMEOUT_S"))
     webhook_attempts: int = Field(5, ge=1, le=20, validation_alias=_env("PARETO_WEBHOOK_ATTEMPTS"))
+    webhook_budget_s: float = Field(60, gt=0, le=3600, validation_alias=_env("PARETO_WEBHOOK_BUDGET_S"))
+
+    # one tenant must not stall the service (issue 18)
+    body_timeout_s: float = Field(30, gt=0, validation_alias=_env("PARETO_BODY_TIMEOUT_S"))
+    upload_min_bytes_per_s: int = Field(64 * 1024, ge=1, validation_alias=_env("PARETO_UPLOAD_MIN_BYTES_PER_S"))
+    api_concurrency: int = Field(1000, ge=1, validation_alias=_env("PARETO_API_CONCURRENCY"))
+    api_backlog: int = Field(2048, ge=1, validation_alias=_env("PARETO_API_BACKLOG"))
+    max_streams_per_key: int = Field(8, ge=1, validation_alias=_env("PARETO_MAX_STREAMS_PER_KEY"))
+    max_form_fields: int = Field(16, ge=1, validation_alias=_env("PARETO_MAX_FORM_FIELDS"))
+    max_input_elements: int = Field(1 << 26, ge=1, validation_alias=_env("PARETO_MAX_INPUT_ELEMENTS"))
+    check_cpu_s: int = Field(60, ge=1, validation_alias=_env("PARETO_CHECK_CPU_S"))
+    check_timeout_s: int = Field(120, ge=1, validation_alias=_env("PARETO_CHECK_TIMEOUT_S"))
+    job_memory_bytes: int = Field(16 * 1024**3, ge=256 * 1024**2, validation_alias=_env("PARETO_JOB_MEMORY_BYTES"))
+    job_cpu_s: int = Field(4 * 3600, ge=1, validation_alias=_env("PARETO_JOB_CPU_S"))
+    cancel_grace_s: float = Field(5, gt=0, le=300, validation_alias=_env("PARETO_CANCEL_GRACE_S"))
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -50,6 +50,7 @@ async def current_tenant(request: Request) -> str:
         else:
             b.guard.check(key_id)
     logs.bind(tenant=tenant)  # every log line of this request carries it
+    request.state.key_id = key_id
     return tenant
 
 

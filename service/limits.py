@@ -1,10 +1,14 @@
 """Request limits enforced while the request streams in, before any route runs (pure ASGI middleware).
 
+- `/v1/` requests are authenticated from their headers before a byte of their body is read: an unknown or
+  missing key gets 401 and the connection is closed (a client without a key cannot hold connections open
+  by sending bodies slowly). Revocation and the rate limit are checked by the routes' dependency.
 - Bodies of everything but the two upload routes are read here, at most PARETO_MAX_JSON_BYTES: 413 as soon
   as a declared or received size crosses it, without reading the rest. Uploads stream through to the
   route, which enforces PARETO_MAX_UPLOAD_BYTES the same way (service/uploads.py).
-- A body that stalls for PARETO_BODY_IDLE_TIMEOUT_S between two chunks: 408 (a slow client cannot hold a
-  connection and a spool file forever).
+- A body that stalls for PARETO_BODY_IDLE_TIMEOUT_S between two chunks, or that takes longer in all than
+  PARETO_BODY_TIMEOUT_S (uploads: that plus the time PARETO_UPLOAD_MIN_BYTES_PER_S allows for what has
+  arrived): 408. A slow client cannot hold a connection and a spool file forever.
 - A request other than an upload that has not started its answer within PARETO_REQUEST_TIMEOUT_S: 504
   (a streamed answer, such as job events, may then go on).
 Header size and keep-alive are bounded by uvicorn (h11's 64 KiB incomplete-event limit, --timeout-keep-alive).
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
-from core.errors import RequestTimeout
+from core.errors import RequestTimeout, Unauthorized
 from core.settings import Settings
+from service.auth import ApiKeys, bearer_token
 from service.problems import problem
 
 UPLOAD_ROUTES = frozenset({"/v1/models", "/v1/datasets"})
@@ -29,31 +35,25 @@ class _TooLarge(Exception):
 class RequestLimits:
     def __init__(self, app, settings: Settings):
         self.app, self.settings = app, settings
+        self.keys = ApiKeys(settings.api_keys)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        s = self.settings
-        idle = s.body_idle_timeout_s
-        body_done = False
-
-        async def receive_with_timeout():
-            nonlocal body_done
-            if body_done:  # after the body: disconnect notices, wait as long as it takes
-                return await receive()
+        if scope["path"].startswith("/v1/"):
             try:
-                message = await asyncio.wait_for(receive(), idle)
-            except TimeoutError:
-                raise RequestTimeout(f"the request body stalled for more than {idle:g} s") from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-
-        if scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES:
+                self.keys.tenant_for(bearer_token(_header(scope, b"authorization")))
+            except Unauthorized as e:
+                return await self._refuse(scope, receive, send, 401, e.code, e.title, e.message,
+                                          {"WWW-Authenticate": "Bearer"})
+        s = self.settings
+        upload = scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES
+        receive_with_timeout = _deadlines(receive, s, s.upload_min_bytes_per_s if upload else None)
+        if upload:
             return await self.app(scope, receive_with_timeout, send)
 
         limit = s.max_json_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        declared = _header(scope, b"content-length") or ""
         if declared.isdigit() and int(declared) > limit:
             return await self._refuse(scope, receive, send, 413, "payload_too_large", "Payload too large",
                                       f"the request body ({int(declared)} bytes) is larger than {limit} bytes")
@@ -114,5 +114,40 @@ class RequestLimits:
         return replay
 
     @staticmethod
-    async def _refuse(scope, receive, send, status, code, title, detail):
-        await problem(status, code, title, detail, headers={"Connection": "close"})(scope, receive, send)
+    async def _refuse(scope, receive, send, status, code, title, detail, headers: dict | None = None):
+        await problem(status, code, title, detail, headers={"Connection": "close", **(headers or {})})(
+            scope, receive, send)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _deadlines(receive, s: Settings, min_rate: int | None):
+    """`receive` held to the idle limit between chunks and to a total deadline for the whole body: for an
+    upload (min_rate set), the deadline grows with what has arrived, at min_rate bytes per second."""
+    started, received, body_done = time.monotonic(), 0, False
+
+    async def receive_with_timeout():
+        nonlocal received, body_done
+        if body_done:  # after the body: disconnect notices, wait as long as it takes
+            return await receive()
+        total = s.body_timeout_s + (received / min_rate if min_rate else 0)
+        left = started + total - time.monotonic()
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, min(s.body_idle_timeout_s, left)))
+        except TimeoutError:
+            if left <= s.body_idle_timeout_s:
+                raise RequestTimeout(f"the request body took longer than {total:g} s"
+                                     + (f" (uploads: {s.body_timeout_s:g} s plus 1 s per {min_rate} bytes)"
+                                        if min_rate else "")) from None
+            raise RequestTimeout(f"the request body stalled for more than {s.body_idle_timeout_s:g} s") from None
+        received += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
+
+    return receive_with_timeout

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import InvalidInput, PayloadTooLarge
 from core.objectstore import PART_SIZE, MultipartWriter, ObjectStore
+from core.settings import Settings
 
 BATCH = 4 * 1024 * 1024  # hand the S3 writer this much at a time
 _PART_SENDERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="s3-part")
@@ -159,7 +160,8 @@ class _Sink:
             self.writer.write(chunk)
 
 
-async def receive(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path) -> Upload:
+async def receive(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path,
+                  max_fields: int) -> Upload:
     """Streams the request body (raw, or the `file` part of multipart/form-data) to `key`."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
@@ -174,7 +176,7 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
             sink = _Sink(writer, spool, limit)
             content_type, options = parse_options_header(request.headers.get("content-type"))
             if content_type == b"multipart/form-data":
-                await _receive_multipart(request, sink, options.get(b"boundary"), upload)
+                await _receive_multipart(request, sink, options.get(b"boundary"), upload, max_fields)
             else:
                 async for chunk in request.stream():
                     await sink.feed(chunk)
@@ -192,7 +194,8 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
         raise
 
 
-async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None, upload: Upload):
+async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None, upload: Upload,
+                             max_fields: int):
     if not boundary:
         raise InvalidInput("multipart/form-data without a boundary", code="invalid_multipart")
     state = {"header": b"", "value": b"", "headers": {}, "name": None, "data": bytearray()}
@@ -224,6 +227,9 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
     def on_part_end():
         if state["name"] and state["name"] != "file":
             upload.fields[state["name"]] = state["data"].decode("utf-8", "replace")
+            if len(upload.fields) > max_fields:
+                raise InvalidInput(f"the form has more than {max_fields} fields besides 'file' "
+                                   "(PARETO_MAX_FORM_FIELDS)", code="too_many_form_fields")
         state["headers"], state["name"] = {}, None
 
     parser = MultipartParser(
@@ -244,6 +250,8 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
             raise PayloadTooLarge(f"the upload is larger than the limit of {sink.limit} bytes")
         try:
             parser.write(chunk)
+        except InvalidInput:
+            raise
         except Exception as e:  # the parser's errors are the client's malformed body
             raise InvalidInput(f"malformed multipart body: {e}", code="invalid_multipart") from e
         for part in file_chunks:
@@ -254,10 +262,11 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
         raise InvalidInput("multipart upload without a 'file' part", code="invalid_multipart")
 
 
-async def receive_checked(request: Request, store: ObjectStore, key: str, limit: int, spool_dir: Path, check):
+async def receive_checked(request: Request, store: ObjectStore, key: str, settings: Settings, check):
     """Receives the body to `key`, runs `check(spool_path, upload)` off the event loop, and commits the
     object only if the check passes. Returns (upload, what check returned)."""
-    upload = await receive(request, store, key, limit, spool_dir)
+    upload = await receive(request, store, key, settings.max_upload_bytes, settings.data_dir / "spool",
+                           settings.max_form_fields)
     try:
         result = await run_in_threadpool(check, upload.spool, upload)
         await upload.commit()

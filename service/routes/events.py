@@ -8,7 +8,8 @@ Events: `status` when the status changed (and first), `progress` when only the p
 ({code, message}) if the job store stopped answering or lost the job (the stream ends; poll instead).
 A comment line every HEARTBEAT_S keeps proxies from closing an idle stream. A stream lasts at most
 MAX_STREAM_S, and ends before the gateway's request timeout (PARETO_REQUEST_TIMEOUT_S); EventSource and
-the SDK then connect again and get the job at once.
+the SDK then connect again and get the job at once. One API key holds at most PARETO_MAX_STREAMS_PER_KEY
+streams open on one API process; one more is 429 `too_many_streams`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import ParetoError
+from core.errors import ParetoError, TooManyRequests
 from core.job import Job
 from core.jobstore import JobStore
 from service.deps import BackendsDep, TenantDep
@@ -78,9 +79,27 @@ async def job_stream(jobs: JobStore, job: Job, lifetime_s: float) -> AsyncIterat
                      "description": "`status` and `progress` events, each with the job JSON; ends after "
                                     "the terminal state"}},
 )
-def job_events(job_id: str, tenant: TenantDep, b: BackendsDep) -> StreamingResponse:
+def job_events(job_id: str, tenant: TenantDep, b: BackendsDep, request: Request) -> StreamingResponse:
     """Live status and progress of a job, as Server-Sent Events."""
     job = b.jobs.get(tenant, job_id)  # 404 for unknown ids and other tenants' jobs, before streaming
+    key_id, cap = request.state.key_id, b.settings.max_streams_per_key
+    if _open.get(key_id, 0) >= cap:
+        raise TooManyRequests(f"this API key has {cap} event streams open (PARETO_MAX_STREAMS_PER_KEY); close "
+                              "one or poll GET /v1/jobs/{id}", retry_after_s=RETRY_MS // 1000, code="too_many_streams")
     lifetime = max(1.0, min(MAX_STREAM_S, b.settings.request_timeout_s - 5))
-    return StreamingResponse(job_stream(b.jobs, job, lifetime), media_type="text/event-stream",
+    return StreamingResponse(_counted(key_id, job_stream(b.jobs, job, lifetime)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+_open: dict[str, int] = {}  # API key id -> event streams open on this process
+
+
+async def _counted(key_id: str, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    _open[key_id] = _open.get(key_id, 0) + 1
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        _open[key_id] -= 1
+        if not _open[key_id]:
+            del _open[key_id]
