@@ -12,12 +12,21 @@ from core.ids import is_id
 from core.job import now
 
 ModelFormat = Literal["onnx", "pt2"]
+DEFAULT_DYNAMIC_DIM = 16  # a named dimension other than the batch, e.g. a sequence length
+GENERATED_SAMPLES = 64  # samples a job without a dataset generates from the model's input specs
 
 
 class TensorSpec(BaseModel):
     name: str
     dtype: str  # numpy dtype name: float32, int64, ...
     shape: list[int | str | None]  # ints are fixed, strings are named dynamic dims, None unknown
+
+    def sample_shape(self, fixed: dict[str, list[int]]) -> list[int]:
+        """The shape of one sample (batch dimension dropped), dynamic dimensions made concrete: by
+        `fixed` (the target's input_shapes) or DEFAULT_DYNAMIC_DIM."""
+        if self.name in fixed:
+            return list(fixed[self.name][1:])
+        return [d if isinstance(d, int) and d > 0 else DEFAULT_DYNAMIC_DIM for d in self.shape[1:]]
 
 
 class ModelRecord(BaseModel):
@@ -40,12 +49,20 @@ class ArraySpec(BaseModel):
     shape: list[int]
 
 
+class SplitCounts(BaseModel):
+    """Samples a dataset's own `split` array marks for training (0) and for evaluation (1)."""
+
+    train: int
+    eval: int
+
+
 class DatasetRecord(BaseModel):
     id: str
     name: str
     size_bytes: int
     sha256: str
     arrays: list[ArraySpec]
+    split: SplitCounts | None = Field(None, description="when the dataset has its own `split` array")
     created_at: datetime = Field(default_factory=now)
 
     @property

@@ -48,3 +48,14 @@ def dataset_problems(dataset: DatasetRecord, model: ModelRecord, recipe: Recipe)
     if split is not None and (len(split.shape) != 1 or _kind(split.dtype) != "i"):
         problems.append("'split' must be a 1-D integer array (0 train, 1 eval)")
     return problems
+
+
+def held_out_problems(dataset: DatasetRecord, recipe: Recipe) -> list[str]:
+    """Whether the dataset leaves samples to evaluate on (and to train on, for a recipe that trains)."""
+    if dataset.split is not None:
+        return [] if dataset.split.eval else ["the dataset's 'split' array marks no sample for evaluation (1)"]
+    fraction = recipe.data.eval_fraction
+    n = dataset.samples
+    if fraction and round(n * fraction) >= n:
+        return [f"data.eval_fraction {fraction} of {n} samples leaves no sample to train on"]
+    return []

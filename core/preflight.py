@@ -3,9 +3,28 @@ handle the model is refused at submit (422) rather than failing later in a worke
 
 from __future__ import annotations
 
-from core.assets import ModelRecord
+import math
+
+from core.assets import GENERATED_SAMPLES, DatasetRecord, ModelRecord
 from core.recipe import Recipe
 from core.search import apply
+
+
+def input_size_problems(recipe: Recipe, model: ModelRecord, dataset: DatasetRecord | None, cap: int) -> list[str]:
+    """Inputs too large to make or run: the elements of the largest batch a job feeds (generated samples or
+    the dataset's), per input, against PARETO_MAX_INPUT_ELEMENTS."""
+    arrays = {a.name: a.shape[1:] for a in dataset.arrays} if dataset else {}
+    rows = max(*recipe.target.batch_sizes, 0 if dataset else GENERATED_SAMPLES)
+    problems = []
+    for spec in model.inputs:
+        shape = arrays.get(spec.name) or spec.sample_shape(recipe.target.input_shapes)
+        fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else 0
+        elements = max(rows, fixed_batch) * math.prod(shape)
+        if elements > cap:
+            problems.append(f"input {spec.name!r}: {rows} samples of shape {shape} are {elements} elements, more "
+                            f"than the {cap} this service takes (PARETO_MAX_INPUT_ELEMENTS); fix the dynamic "
+                            "dimensions with target.input_shapes or use smaller batch sizes")
+    return problems
 
 
 def preflight(recipe: Recipe, model: ModelRecord) -> list[str]:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.search import MAX_GRID, Dimension, check_options, split_space
+from core.search import MAX_GRID, Dimension, canonical, check_options, split_space
 from core.search import size as space_size
 from core.steps import Step
 
@@ -184,6 +184,7 @@ class Recipe(Strict):
         problems = check_options(self.steps, s.space)
         if problems:
             raise ValueError("search options: " + "; ".join(problems))
+        s.space = canonical(self.steps, s.space)  # the size counts distinct points
         if s.sampler == "grid" and (s.size > s.max_trials or s.size > MAX_GRID):
             raise ValueError(f"search: a grid over {s.size} candidates is more than max_trials ({s.max_trials}); "
                              "raise max_trials or use the random or tpe sampler")

@@ -15,11 +15,12 @@ import random
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.steps import StepParams
 
 MAX_GRID = 10_000  # a grid larger than this is refused whatever max_trials says
+SAMPLE_ATTEMPTS = 20  # random draws per point wanted, at most
 
 
 class Dimension(BaseModel):
@@ -27,14 +28,17 @@ class Dimension(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    step: int  # 1-based index in the recipe's steps
+    step: int = Field(ge=1)  # 1-based index in the recipe's steps
     param: str | None  # None: the step is on or off
-    values: tuple
+    values: tuple = Field(min_length=1)
 
     @field_validator("values", mode="before")
     @classmethod
-    def _hashable(cls, v):
-        return tuple(_freeze(x) for x in v)
+    def _distinct(cls, v):
+        """Hashable, and each value once: a value listed twice is one point of the space, not two."""
+        if not isinstance(v, list | tuple):
+            raise ValueError("values must be a list")
+        return tuple(dict.fromkeys(_freeze(x) for x in v))
 
     @property
     def label(self) -> str:
@@ -102,6 +106,21 @@ def check_options(steps: list[StepParams], dims: list[Dimension]) -> list[str]:
     return problems
 
 
+def canonical(steps: list[StepParams], dims: list[Dimension]) -> list[Dimension]:
+    """Each searched value as its step reads it (0.5 and "0.5" for a float are one option), each once. Call
+    after check_options."""
+    out = []
+    for d in dims:
+        if d.param is None:
+            out.append(d)
+            continue
+        base = steps[d.step - 1]
+        values = [type(base).model_validate({**base.params(), d.param: _thaw(v), "step": base.name}).params()[d.param]
+                  for v in d.values]
+        out.append(Dimension(step=d.step, param=d.param, values=values))
+    return out
+
+
 def size(dims: list[Dimension]) -> int:
     return math.prod(len(d.values) for d in dims)
 
@@ -121,11 +140,13 @@ def sample(dims: list[Dimension], n: int, seed: int) -> list[Choice]:
         rng.shuffle(everything)
         return everything[:n]
     seen, picked = set(), []
-    while len(picked) < n:
+    for _ in range(SAMPLE_ATTEMPTS * n):  # bounded: more than MAX_GRID distinct points exist, so this ends early
         combo = tuple(rng.choice(d.values) for d in dims)
         if combo not in seen:
             seen.add(combo)
             picked.append(dict(zip(dims, combo, strict=True)))
+            if len(picked) == n:
+                break
     return picked
 
 

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from core.assets import TensorSpec
+from core.assets import GENERATED_SAMPLES, TensorSpec
 from core.errors import InvalidDataset
 from core.recipe import Recipe
 
-GENERATED_SAMPLES = 64
-DEFAULT_DYNAMIC_DIM = 16  # a named dimension other than the batch, e.g. a sequence length
 TRAINING_EVAL_FRACTION = 0.2
 
 
@@ -46,19 +44,12 @@ class JobData:
         return "classification" if np.issubdtype(labels.dtype, np.integer) else "regression"
 
 
-def sample_shape(spec: TensorSpec, fixed: dict[str, list[int]]) -> list[int]:
-    """The shape of one sample (batch dimension dropped), dynamic dimensions made concrete."""
-    if spec.name in fixed:
-        return list(fixed[spec.name][1:])
-    return [d if isinstance(d, int) and d > 0 else DEFAULT_DYNAMIC_DIM for d in spec.shape[1:]]
-
-
 def generate(specs: list[TensorSpec], fixed: dict[str, list[int]], n: int = GENERATED_SAMPLES,
              seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in specs:
-        shape = [n, *sample_shape(spec, fixed)]
+        shape = [n, *spec.sample_shape(fixed)]
         dtype = np.dtype(spec.dtype) if spec.dtype != "bool" else np.dtype(bool)
         lowered = spec.name.lower()
         if dtype.kind == "f":
@@ -84,6 +75,9 @@ def load_dataset(path: Path, specs: list[TensorSpec]) -> tuple[Split, np.ndarray
         arrays = {s.name: data[s.name].astype(np.dtype(s.dtype), copy=False) for s in specs}
         labels = data["labels"] if "labels" in data.files else None
         split = data["split"].astype(np.int64) if "split" in data.files else None
+    for name, array in [*arrays.items(), ("labels", labels)]:  # the upload check refuses these too
+        if array is not None and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidDataset(f"{name!r} holds NaN or infinite values", code="non_finite_values")
     return Split(arrays, labels), split
 
 

@@ -29,16 +29,15 @@ async def upload_dataset(
     def check(spool: Path, upload: Upload):
         return inspect_npz(spool, s.max_upload_bytes)
 
-    upload, arrays = await receive_checked(
-        request, b.objects, assets.file_key(tenant, KIND, dataset_id, SOURCE), s.max_upload_bytes,
-        s.data_dir / "spool", check,
-    )
+    upload, (arrays, split) = await receive_checked(
+        request, b.objects, assets.file_key(tenant, KIND, dataset_id, SOURCE), s, check)
     record = DatasetRecord(
         id=dataset_id,
         name=safe_filename(name or upload.fields.get("name") or upload.filename or "dataset", "dataset"),
         size_bytes=upload.size,
         sha256=upload.sha256,
         arrays=arrays,
+        split=split,
     )
     await run_in_threadpool(assets.save, tenant, KIND, record)
     return record

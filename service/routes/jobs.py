@@ -12,13 +12,13 @@ from pydantic import BaseModel, ValidationError
 from core.api import ArtifactLink, DryRun, JobCreate, JobPage
 from core.assets import AssetStore
 from core.callbacks import check_callback_url
-from core.datacheck import dataset_problems
-from core.errors import Conflict, InvalidDataset, InvalidRecipe, NotFound, Unavailable
+from core.datacheck import dataset_problems, held_out_problems
+from core.errors import Conflict, InvalidDataset, InvalidInput, InvalidRecipe, NotFound, Unavailable
 from core.ids import ID_PATTERN, new_id
 from core.job import Job, JobError, JobStatus
 from core.jobstore import PREFIX
 from core.objectstore import job_prefix
-from core.preflight import preflight
+from core.preflight import input_size_problems, preflight
 from core.queue import OPTIMIZE_TASK, queue_for
 from core.recipe import Recipe, Target
 from core.recipes import builtin_recipe
@@ -57,14 +57,21 @@ def _enqueue(b: Backends, job: Job) -> None:
         raise Unavailable("the job queue did not answer; the job was not queued", code="queue_unavailable") from e
 
 
-def _idempotent(b: Backends, tenant: str, key: str | None, job_id: str) -> str | None:
-    """The job already created for this Idempotency-Key, or None after claiming the key for job_id."""
+def _idempotent(b: Backends, tenant: str, key: str | None, job_id: str, body: JobCreate) -> str | None:
+    """The job already created for this Idempotency-Key, or None after claiming the key for job_id. The key
+    remembers a digest of the body it came with: the same key with another body is a client's mistake (422),
+    not a request for the old job."""
     if not key:
         return None
     slot = f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
-    if b.jobs.r.set(slot, job_id, nx=True, ex=IDEMPOTENCY_TTL_S):
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    if b.jobs.r.set(slot, f"{job_id}:{digest}", nx=True, ex=IDEMPOTENCY_TTL_S):
         return None
-    return b.jobs.r.get(slot).decode()
+    existing, _, claimed = b.jobs.r.get(slot).decode().partition(":")
+    if claimed and claimed != digest:
+        raise InvalidInput("this Idempotency-Key was used with another request body in the last 24 hours; "
+                           "use a new key for a new job", code="idempotency_key_reused")
+    return existing
 
 
 @router.post("/jobs", status_code=202, response_model=Job | DryRun)
@@ -82,7 +89,7 @@ def create_job(
         return DryRun(recipe=recipe, **estimate(recipe, model.size_bytes, dataset.samples if dataset else 0))
     job = Job(id=new_id("j"), tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
               recipe=recipe, callback_url=body.callback_url)
-    if existing := _idempotent(b, tenant, idempotency_key, job.id):
+    if existing := _idempotent(b, tenant, idempotency_key, job.id, body):
         job = b.jobs.get(tenant, existing)
     else:
         b.jobs.create(job)
@@ -106,9 +113,15 @@ def _checked_inputs(body: JobCreate, tenant: str, b: Backends, recipe: Recipe):
         if mismatch:
             raise InvalidDataset("the dataset does not fit the model and recipe: " + "; ".join(mismatch),
                                  code="dataset_mismatch", problems=mismatch)
+        split = held_out_problems(dataset, recipe)
+        if split:
+            raise InvalidDataset("; ".join(split), code="no_eval_samples", problems=split)
     elif recipe.needs_dataset:
         steps = [s.name for s in recipe.steps if s.needs_data]
         raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code="dataset_required")
+    too_large = input_size_problems(recipe, model, dataset, b.settings.max_input_elements)
+    if too_large:
+        raise InvalidRecipe("; ".join(too_large), code="inputs_too_large", problems=too_large)
     return model, dataset
 
 

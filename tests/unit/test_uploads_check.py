@@ -60,7 +60,7 @@ def npz(tmp_path, **arrays):
 
 
 def test_npz_arrays_are_described_without_loading(tmp_path):
-    arrays = inspect_npz(npz(tmp_path, x=np.zeros((5, 3), np.float32), labels=np.arange(5)), 10**9)
+    arrays, _ = inspect_npz(npz(tmp_path, x=np.zeros((5, 3), np.float32), labels=np.arange(5)), 10**9)
     assert {a.name: (a.dtype, a.shape) for a in arrays} == {"x": ("float32", [5, 3]), "labels": ("int64", [5])}
 
 
