@@ -6,7 +6,7 @@ import logging
 import signal
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
 from core.queue import WARMED, celery_config
 from core.settings import get_settings
@@ -33,6 +33,15 @@ def _warm_up(**_) -> None:
     train.warm_up()
     htmlreport.pyplot()
     logging.getLogger(__name__).info(WARMED)
+
+
+@worker_process_shutdown.connect
+def _send_pending_callbacks(**_) -> None:
+    """Callbacks go out from daemon threads of the pool process (workers/webhooks.py), which its exit would
+    cut off: a process that exits cleanly (warm shutdown, max tasks per child) first lets them finish."""
+    from workers import webhooks
+
+    webhooks.drain(get_settings().webhook_budget_s)
 
 
 @worker_ready.connect

@@ -1,8 +1,15 @@
-"""Callbacks: the URL policy (core/callbacks.py), signing, and the check again at send time."""
+"""Callbacks: the URL policy (core/callbacks.py), signing, the check again at send time, and delivery off
+the job's worker within a time budget."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -12,15 +19,16 @@ from core.job import Job, JobStatus
 from core.recipes import builtin_recipe
 from core.settings import Settings
 from tests.webhook_receiver import Receiver
+from workers import webhooks
 from workers.webhooks import _pinned, deliver, signature, verify
 
 
 def settings(**kw) -> Settings:
-    return Settings(PARETO_WEBHOOK_SECRET="s3cret", PARETO_WEBHOOK_ATTEMPTS=2, **kw)
+    return Settings(**{"PARETO_WEBHOOK_SECRET": "s3cret", "PARETO_WEBHOOK_ATTEMPTS": 2, **kw})
 
 
-def job(url: str) -> Job:
-    return Job(id="j_0000000000000000000001", tenant="t", model_id="m_0000000000000000000001",
+def job(url: str, id: str = "j_0000000000000000000001") -> Job:  # noqa: A002 (the job's field)
+    return Job(id=id, tenant="t", model_id="m_0000000000000000000001",
                recipe=builtin_recipe("int8"), callback_url=url).moved_to(JobStatus.running).moved_to(JobStatus.failed)
 
 
@@ -83,3 +91,195 @@ def test_retries_are_bounded_and_4xx_is_final():
         assert len(receiver.requests) == 1
     finally:
         receiver.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# IPv6 addresses that embed IPv4 ones are judged by what they embed; refusals do not echo DNS answers
+# --------------------------------------------------------------------------------------------------
+
+def teredo(server: str, client: str) -> str:
+    """A Teredo address (2001::/32): the server, flags, the obfuscated port and client address."""
+    value = (0x20010000 << 96 | int(ipaddress.IPv4Address(server)) << 64 | 0x8000 << 48 | (0xFFFF ^ 3544) << 32
+             | int(ipaddress.IPv4Address(client)) ^ 0xFFFFFFFF)
+    return f"http://[{ipaddress.IPv6Address(value)}]/"
+
+
+@pytest.mark.parametrize("url", [
+    "http://[2002:7f00:1::]/", "http://[2002:a00:1::5]/", "http://[2002:a9fe:a9fe::]/",  # 6to4
+    teredo("65.54.227.120", "127.0.0.1"), teredo("10.0.0.1", "8.8.8.8"),  # both sides must be public
+    "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/",  # NAT64, well-known prefix
+    "http://[64:ff9b:1::a00:1]/",  # NAT64, local-use prefix, 10.0.0.1 in the /96 layout
+    "http://[64:ff9b:1:0:7f:0:100:0]/",  # 127.0.0.1 in the /64 layout: its last 32 bits read 1.0.0.0
+    "http://[::7f00:1]/", "http://[::a00:1]/", "http://[::1]/", "http://[::]/",  # IPv4-compatible
+    "http://[::ffff:a00:1]/", "http://[::ffff:169.254.169.254]/",  # IPv4-mapped
+])
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(url):
+    with pytest.raises(CallbackRefused):
+        resolve_callback(url, settings())
+
+
+@pytest.mark.parametrize("url", ["http://[2002:808:808::1]/", teredo("65.54.227.120", "8.8.8.8"),
+                                 "http://[64:ff9b::808:808]/", "http://[::808:808]/", "http://[::ffff:8.8.8.8]/"])
+def test_ipv6_forms_of_public_ipv4_addresses_are_accepted(url):
+    resolve_callback(url, settings())
+
+
+def test_a_refusal_does_not_say_what_a_name_resolves_to(monkeypatch):
+    internal = ["10.20.30.40", "2002:a14:1e28::1"]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port, **kw: [
+        (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in internal])
+    for answer in internal:
+        internal[:] = [answer]
+        with pytest.raises(CallbackRefused) as e:
+            resolve_callback("http://hooks.example/", settings())
+        assert answer not in e.value.message and "a14" not in e.value.message
+        assert "'hooks.example' resolves to a private, loopback or link-local address" in e.value.message
+
+
+def test_a_refusal_may_name_the_address_the_url_gave():
+    with pytest.raises(CallbackRefused) as e:
+        resolve_callback("http://10.20.30.40:8080/", settings())
+    assert "10.20.30.40" in e.value.message
+
+
+# --------------------------------------------------------------------------------------------------
+# delivery off the job's worker, within PARETO_WEBHOOK_BUDGET_S
+# --------------------------------------------------------------------------------------------------
+
+class StalledReceiver:
+    """A receiver on 127.0.0.1 that takes the request and then hangs ("hang") or sends the start of an
+    answer one byte at a time ("drip"), until released or for `for_s` seconds; then it answers 200."""
+
+    def __init__(self, mode: str = "hang", for_s: float = 30):
+        self.requests: list[bytes] = []
+        self.arrived, self.released = threading.Event(), threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                receiver.requests.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                receiver.arrived.set()
+                if mode == "drip":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+                    deadline = time.monotonic() + for_s
+                    while not receiver.released.wait(0.2) and time.monotonic() < deadline:
+                        self.wfile.write(b"a")  # every read gets a byte: no read ever times out
+                    self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
+                    return
+                receiver.released.wait(for_s)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stalled():
+    receiver = StalledReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def sender(monkeypatch):
+    """A sender of this test's own, so that no callback of another test is in its queue."""
+    def make(**kw) -> webhooks._Sender:
+        monkeypatch.setattr(webhooks, "_sender", webhooks._Sender(**kw))
+        return webhooks._sender
+    return make
+
+
+LOCAL = {"PARETO_WEBHOOK_ALLOWLIST": "127.0.0.1"}
+
+
+def test_notify_returns_at_once_and_the_callback_arrives_later(stalled, sender, caplog):
+    sender()
+    caplog.set_level(logging.INFO, logger="pareto.webhooks")
+    started = time.perf_counter()
+    webhooks.notify(job(stalled.url), settings(PARETO_WEBHOOK_TIMEOUT_S=30, **LOCAL))
+    assert time.perf_counter() - started < 0.1  # the receiver hangs: the worker does not wait for it
+    assert stalled.arrived.wait(10)
+    assert not webhooks.drain(0.3)  # still waiting for the answer
+    stalled.released.set()
+    assert webhooks.drain(10)
+    assert len(stalled.requests) == 1
+    assert json.loads(stalled.requests[0])["status"] == "failed"
+    assert "callback for job j_0000000000000000000001 delivered (attempt 1)" in caplog.text
+
+
+def test_the_budget_bounds_a_delivery_to_a_hanging_receiver(stalled):
+    started = time.monotonic()
+    assert not deliver(job(stalled.url), settings(PARETO_WEBHOOK_BUDGET_S=2, PARETO_WEBHOOK_TIMEOUT_S=5,
+                                                  PARETO_WEBHOOK_ATTEMPTS=5, **LOCAL))
+    assert 1.9 < time.monotonic() - started < 2.5
+
+
+def test_the_budget_bounds_a_receiver_that_answers_a_byte_at_a_time():
+    """httpx's timeouts are per read: each byte restarts them."""
+    receiver = StalledReceiver("drip", for_s=6)
+    try:
+        started = time.monotonic()
+        assert not deliver(job(receiver.url), settings(PARETO_WEBHOOK_BUDGET_S=2, PARETO_WEBHOOK_TIMEOUT_S=1,
+                                                       **LOCAL))
+        assert time.monotonic() - started < 2.5
+    finally:
+        receiver.close()
+
+
+def test_backoff_does_not_wait_past_the_budget():
+    receiver = Receiver(statuses=[500] * 5)
+    try:
+        started = time.monotonic()
+        assert not deliver(job(receiver.url), settings(PARETO_WEBHOOK_BUDGET_S=2.5, PARETO_WEBHOOK_ATTEMPTS=5,
+                                                       **LOCAL))
+        assert time.monotonic() - started < 1.5  # 500, wait 1 s, 500; a wait of 2 s would end past 2.5 s
+        assert len(receiver.requests) == 2
+    finally:
+        receiver.close()
+
+
+def test_a_full_queue_drops_the_oldest_waiting_callback(stalled, sender, caplog):
+    sender(threads=1, capacity=1)
+    receiver = Receiver()
+    try:
+        webhooks.notify(job(stalled.url, "j_000000000000000000000a"), settings(**LOCAL))
+        assert stalled.arrived.wait(10)  # the only sender is busy
+        for name in ("j_000000000000000000000b", "j_000000000000000000000c"):
+            webhooks.notify(job(receiver.url, name), settings(**LOCAL))
+        stalled.released.set()
+        assert webhooks.drain(10)
+        assert [json.loads(body)["id"] for _, _, body in receiver.requests] == ["j_000000000000000000000c"]
+        assert "dropped the callback of job j_000000000000000000000b, the oldest" in caplog.text
+    finally:
+        receiver.close()
+
+
+def test_jobs_without_a_callback_take_no_place_in_the_queue(sender):
+    queue = sender(threads=1, capacity=1)
+    webhooks.notify(job(None), settings())
+    assert queue.drain(0) == 0
+
+
+def test_a_pool_process_that_exits_cleanly_sends_its_callbacks_first(monkeypatch):
+    from celery.signals import worker_process_shutdown
+
+    import workers.app  # noqa: F401  (connects the handler)
+
+    drained = []
+    monkeypatch.setattr(webhooks, "drain", drained.append)
+    worker_process_shutdown.send(sender=None, pid=1, exitcode=0)
+    assert drained == [workers.app.get_settings().webhook_budget_s]
