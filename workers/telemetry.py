@@ -92,6 +92,13 @@ def _refresh_gpu() -> None:
 @signals.setup_logging.connect
 def _setup_logging(loglevel=None, **_) -> None:
     logs.configure(loglevel or logging.INFO)
+    logging.getLogger().handlers[0].addFilter(_quiet_quantizer)
+
+
+def _quiet_quantizer(record: logging.LogRecord) -> bool:
+    """onnxruntime's quantizer gives its advice through the root logger (logging.warning): noise in a
+    worker's logs, unless it is an error."""
+    return record.levelno >= logging.ERROR or "onnxruntime/quantization" not in record.pathname.replace("\\", "/")
 
 
 @signals.task_prerun.connect

@@ -3,7 +3,8 @@ storage, and `auto`, which measures the int8 modes that apply and keeps the best
 
 from __future__ import annotations
 
-import logging
+import functools
+import platform
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,6 @@ from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_
 from workers.sensitivity import fallback_layers, quality_goals
 from workers.steps import implements
 from workers.trial import Trial, fidelities, latencies, slowness, timings
-
-logging.getLogger("root").setLevel(logging.ERROR)  # the quantizer's advice is noise in worker logs
 
 
 def _excluded(path: Path, p: Quantize, extra_ops: tuple[str, ...] = ()) -> list[str]:
@@ -88,6 +87,33 @@ class _Calibration:
         pass
 
 
+@functools.cache
+def saturating_int8() -> bool:
+    """Whether this x86 CPU lacks VNNI (AVX-512 VNNI, AVX-VNNI, AMX): onnxruntime's 8-bit kernels then add
+    uint8 x int8 products in pairs into int16 (vpmaddubsw), which saturates for large weights. Weights in 7
+    bits (`reduce_range`) cannot saturate. On the digits CNN on such a CPU (AMD EPYC, AVX2), static int8
+    agreed with fp32 on 99.78 % of the top-1 answers in 8 bits and on 100 % in 7 bits."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return not any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
+
+
+SEVEN_BITS = ("static int8 weights in 7 bits (reduce_range): this CPU has no VNNI, and onnxruntime's 8-bit "
+              "kernels saturate on it")
+
+
+def _seven_bits(ctx: StepContext) -> bool:
+    if ctx.device != "cpu" or not saturating_int8():
+        return False
+    if SEVEN_BITS not in ctx.notes:
+        ctx.notes.append(SEVEN_BITS)
+    return True
+
+
 def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] | None = None) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -106,7 +132,7 @@ def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] 
         quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ, op_types_to_quantize=p.op_types,
         per_channel=p.per_channel, activation_type=QuantType.QUInt8 if qoperator else QuantType.QInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=_excluded(prepared, p), nodes_to_quantize=only,
-        calibrate_method=method,
+        calibrate_method=method, reduce_range=_seven_bits(ctx),
         extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
                        "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
