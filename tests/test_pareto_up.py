@@ -81,3 +81,42 @@ def test_pareto_up_runs_a_job_and_stops_cleanly(tmp_path, digits):
     for port in (api, redis_port, s3_port, s3_port + 1, s3_port + 2, s3_port + 3):
         assert not listening(port), f"port {port} still open after Ctrl-C"
     assert (tmp_path / "data" / "dev-api-key").read_text().strip().endswith(key.group(1))
+
+
+def started_under(data_dir: Path) -> list[int]:
+    """Processes whose command line or environment names the data folder: what `pareto up` started."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(data_dir).encode() in text and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def test_pareto_up_stopped_while_starting_leaves_nothing_running(tmp_path):
+    """SIGTERM while the servers start (here: once SeaweedFS has begun, before the API and the worker are up)
+    stops everything started so far."""
+    api, redis_port, s3_port = free_port(), free_port(), free_port_block()
+    unset = ("REDIS_URL", "S3_ENDPOINT_URL", "PARETO_API_KEYS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    data = tmp_path / "data"
+    env["PARETO_DATA_DIR"] = str(data)
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(api), "--redis-port",
+                             str(redis_port), "--s3-port", str(s3_port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (data / "logs" / "seaweedfs.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (data / "logs" / "seaweedfs.log").exists()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "stopped what was started" in out, out
+    deadline = time.monotonic() + 10
+    while started_under(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not started_under(data), out
+    for port in (api, redis_port, s3_port):
+        assert not listening(port)

@@ -1,0 +1,133 @@
+"""Inputs a hostile tenant (or an unlucky one) sends: builders shared by tests/test_hardening.py and
+bench/abuse.py."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def matmul_chain(width: int = 512, layers: int = 8) -> onnx.ModelProto:
+    """x [batch, width] through `layers` MatMuls: heavy enough to time for minutes at a large batch."""
+    rng = np.random.default_rng(0)
+    names = ["x", *[f"h{i}" for i in range(layers - 1)], "y"]
+    weights = [numpy_helper.from_array((rng.standard_normal((width, width)) / width**0.5).astype(np.float32), f"w{i}")
+               for i in range(layers)]
+    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]]) for i in range(layers)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def export_small_program(path: Path) -> Path:
+    """A real torch.export program (Linear, ReLU, Linear) to turn into hostile ones."""
+    import torch
+
+    seq = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    torch.export.save(torch.export.export(seq, (torch.randn(3, 4),)), path)
+    return path
+
+
+def archive_folder(pt2: Path) -> str:
+    return zipfile.ZipFile(pt2).namelist()[0].split("/")[0]
+
+
+def with_members(src: Path, dst: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info, zin.read(info))
+        for name, data in members.items():
+            zout.writestr(name, data)
+    return dst
+
+
+def many_programs(pt2: Path, out: Path, count: int = 120) -> Path:
+    """120 extra programs of 1 MB of JSON each, 2 KB once compressed: a few hundred KB that cost gigabytes to
+    parse, each kept in memory as Python objects."""
+    program = b'{"graph_module": {"graph": {"nodes": [' + b'{"target": "x"},' * 60_000 + b'{}]}}}'
+    return with_members(pt2, out, {f"{archive_folder(pt2)}/models/m{i}.json": program for i in range(count)})
+
+
+def endless_pickles(pt2: Path, out: Path, count: int = 90) -> Path:
+    """90 pickles that push None a million times each, just under the size where the zip-bomb ratio is
+    checked: about 100 KB that cost a minute and a half of CPU to walk through."""
+    nones = b"\x80\x02" + b"N" * (1024 * 1024 - 16) + b"."  # a valid pickle: its value is the last None
+    return with_members(pt2, out, {f"{archive_folder(pt2)}/data/sample_inputs/x{i}.pt": nones for i in range(count)})
+
+
+def huge_size_expression(pt2: Path, out: Path) -> Path:
+    """A symbolic size of 10^(10^10), which sympy would try to compute when torch.export.load reads it."""
+    bomb = b'"expr_bomb": {"expr_str": "Pow(Integer(10), Pow(Integer(10), Integer(10)))"}, '
+    with zipfile.ZipFile(pt2) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            zout.writestr(info, data.replace(b"{", b"{" + bomb, 1) if info.filename.endswith("models/model.json")
+                          else data)
+    return out
+
+
+def if_with_external_subgraph_tensor() -> onnx.ModelProto:
+    """Tensor data outside the file, declared in an If branch's initializer rather than in the main graph."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../../etc/passwd"), ("offset", "0"), ("length", "12")):
+        w.external_data.add(key=k, value=v)
+    branch = helper.make_graph([helper.make_node("Add", ["x", "w"], ["b"])], "branch", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 3])], [w])
+    identity = helper.make_graph([helper.make_node("Identity", ["x"], ["i"])], "identity", [],
+                                 [helper.make_tensor_value_info("i", TensorProto.FLOAT, ["n", 3])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "zero"], ["c"]),
+         helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=identity)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def incomplete_shape_inference() -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference gives up on this graph: it guesses the rank of the contrib op
+    ExpandDims's output from its input (2, not 3), and the Transpose after it then has no shape. It then writes
+    `sym_shape_infer_temp.onnx` and a weights file into the current directory."""
+    graph = helper.make_graph(
+        [helper.make_node("ExpandDims", ["x", "axis"], ["e"], domain="com.microsoft"),
+         helper.make_node("Transpose", ["e"], ["y"], perm=[1, 0, 2])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 4])],
+        [numpy_helper.from_array(np.array(0, np.int32), "axis")])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+class Silent:
+    """A callback receiver that accepts the connection and never answers."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.hits = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                receiver.hits += 1
+                receiver.release.wait(300)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
