@@ -89,7 +89,7 @@ def up(args: argparse.Namespace) -> int:
 
 
 def api(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, P.api_argv(args.host, args.port, Settings()))
+    os.execv(sys.executable, P.api_argv(args.host, args.port))
 
 
 def worker(args: argparse.Namespace) -> int:

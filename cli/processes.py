@@ -20,7 +20,6 @@ from pathlib import Path
 import redis
 
 from core.queue import WARMED
-from core.settings import Settings
 
 
 @dataclass
@@ -167,17 +166,13 @@ def start_seaweedfs(data_dir: Path, port: int, access_key: str, secret_key: str,
     return proc, url
 
 
-def api_argv(host: str, port: int, settings: Settings) -> list[str]:
-    """uvicorn with a bound on connections and tasks (503 past it) and on the listen backlog, so that a flood
-    of connections meets a refusal, not a server out of file handles."""
-    return [sys.executable, "-m", "uvicorn", "service.app:app", "--host", host, "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", "10",
-            "--limit-concurrency", str(settings.api_concurrency), "--backlog", str(settings.api_backlog)]
+def api_argv(host: str, port: int) -> list[str]:
+    """The API server (service/server.py: uvicorn with bounds on connections, headers and file handles)."""
+    return [sys.executable, "-m", "service.server", "--host", host, "--port", str(port)]
 
 
 def start_api(env: dict[str, str], logs: Path, host: str, port: int) -> Process:
-    argv = api_argv(host, port, Settings(**{k: v for k, v in env.items() if k.startswith("PARETO_")}))
-    proc = spawn("api", argv, logs, env)
+    proc = spawn("api", api_argv(host, port), logs, env)
     import httpx
 
     _wait(lambda: httpx.get(f"http://{host}:{port}/healthz", timeout=1).status_code == 200, "the API", proc, 60)

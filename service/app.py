@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -26,7 +25,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         middleware.configure_logs()  # JSON lines with the request id, tenant and job id
-        _most_file_handles()
         app.state.backends = Backends.connect(settings)
         if not len(app.state.backends.keys):
             log.warning("PARETO_API_KEYS is empty: every request will be refused with 401")
@@ -49,16 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, datasets, jobs, events, catalog):
         app.include_router(module.router, prefix="/v1")
     return app
-
-
-def _most_file_handles() -> None:
-    """The soft limit on open files raised to the hard one: each connection is a file handle, and the
-    default soft limit (often 1024) is reached long before --limit-concurrency."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-    if soft < wanted:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        log.info("open files: soft limit %s raised to %s", soft, wanted)
 
 
 app = create_app()

@@ -380,8 +380,9 @@ def tight(services, tmp_path_factory):
     db = re.sub(r"/(\d+)$", lambda m: f"/{neighbour(neighbour(neighbour(int(m.group(1)))))}", redis_url)
     redis.Redis.from_url(db).flushdb()  # a database of its own: the session's worker must not take its jobs
     s = Stack.start(tmp_path_factory.mktemp("tight"), db, s3_url, workers=1,
-                    PARETO_BODY_TIMEOUT_S=3, PARETO_BODY_IDLE_TIMEOUT_S=2, PARETO_JOB_CPU_S=15,
-                    PARETO_JOB_MEMORY_BYTES=3 * 1024**3, PARETO_CANCEL_GRACE_S=3, PARETO_WEBHOOK_SECRET="s")
+                    PARETO_BODY_TIMEOUT_S=3, PARETO_BODY_IDLE_TIMEOUT_S=2, PARETO_HEADER_TIMEOUT_S=2,
+                    PARETO_JOB_CPU_S=15, PARETO_JOB_MEMORY_BYTES=3 * 1024**3, PARETO_CANCEL_GRACE_S=3,
+                    PARETO_WEBHOOK_SECRET="s")
     yield s
     s.stop()
 
@@ -412,6 +413,18 @@ def test_a_body_sent_slowly_is_cut_off_at_its_total_deadline(tight):
         assert time.monotonic() - started < 8
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"took longer than 3" in answer
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(tight):
+    port = urlsplit(tight.api_url).port
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        s.settimeout(10)
+        assert s.recv(65536) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+    with tight.client("tenant-a") as c:  # a request that does finish its headers is served as before
+        assert c.get("/v1/recipes").status_code == 200
 
 
 def test_a_job_over_its_cpu_budget_fails_with_a_code(tight):
