@@ -17,10 +17,10 @@ from harness import digits_cnn, minilm
 
 from core.recipe import Recipe
 from core.settings import Settings
-from workers.handle import ModelHandle, StepContext
-from workers.inputs import job_data
-from workers.measure import Bench, providers_for
+from workers.engine.data import job_data
+from workers.measure.bench import Bench, providers_for
 from workers.steps import apply_step
+from workers.steps.context import ModelHandle, StepContext
 
 CONFIGS = [("fp32", []), ("fp16", [{"quantize": {"mode": "float", "dtype": "fp16"}}]),
            ("int8 static (QDQ)", [{"quantize": {"mode": "static", "fallback": False}}])]

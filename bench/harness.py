@@ -18,10 +18,10 @@ sys.path.insert(0, str(ROOT))
 from core.assets import TensorSpec  # noqa: E402
 from core.recipe import Recipe, Target  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from workers.handle import ModelHandle, StepContext  # noqa: E402
-from workers.inputs import job_data  # noqa: E402
-from workers.measure import Bench, resolve_threads  # noqa: E402
+from workers.engine.data import job_data  # noqa: E402
+from workers.measure.bench import Bench, resolve_threads  # noqa: E402
 from workers.steps import apply_step  # noqa: E402
+from workers.steps.context import ModelHandle, StepContext  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 # Default side-by-side rounds (p50: the median round's) and timed runs per batch size in a round. The digits
@@ -122,11 +122,11 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
 def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batches: list[int]) -> None:
     """Every row's latency measured again side by side: in one process, each of `rounds` rounds times every
     file one after another at each batch size, starting at a different file each round, each time in a session
-    made afresh as the probe makes it (workers/probe.py); each p50 becomes the median round's. The
+    made afresh as the probe makes it (workers/measure/probe.py); each p50 becomes the median round's. The
     machine is shared and its speed drifts over seconds (the digits CNN's fp32 batch-1 time here: 57 to
     100 µs from one minute to the next): files measured in separate processes at different times can differ
     by 1.3x with identical graphs, while side by side a slow spell slows every file of a round alike."""
-    from workers import probe
+    from workers.measure import probe
 
     print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
     _, _, bench, _ = _bench(ref, [], batches, repeats)
@@ -136,7 +136,7 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     for k in range(rounds):
         for b in batches:  # all files at one batch size, then the next: a round's batch-1 times lie seconds apart
             for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
-                if str(b) in p50s[i]:  # a session made for these runs only (why: workers/trial.py, latencies)
+                if str(b) in p50s[i]:  # a session made for these runs only (why: workers/measure/variants.py)
                     times = probe.timings(probe.runner(specs[i])[0], arrays, b, bench.target.warmup, repeats)
                     p50s[i][str(b)].append(float(np.median(times)))
     for row, found in zip(rows, p50s, strict=True):

@@ -37,7 +37,7 @@ from harness import CACHE, REPEATS, ROUNDS, Reference, Row, digits_cnn, measure_
 
 from core.recipe import Recipe
 from core.steps.quantize import Quantize
-from workers.inputs import job_data
+from workers.engine.data import job_data
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = BENCH / "peers"

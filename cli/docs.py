@@ -1,5 +1,6 @@
-"""Generates docs/steps.md from the step registry and docs/recipes-builtin.md from the built-in
-recipes: `python -m cli.docs` (tests check the files are current)."""
+"""Generates docs/steps.md from the step registry, docs/recipes-builtin.md from the built-in recipes,
+docs/api.md from the schemas and docs/errors.md from the error codes: `python -m cli.docs` (tests check the
+files are current)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from cli.apidocs import render_api
+from core.errors import ErrorCode
 from core.recipes import builtin_recipes
 from core.steps import catalog
 
@@ -52,7 +54,19 @@ def render_recipes() -> str:
     return "\n".join(lines)
 
 
-FILES = {"steps.md": render_steps, "recipes-builtin.md": render_recipes, "api.md": render_api}
+def render_errors() -> str:
+    lines = ["# Error codes", "", "Generated from `core/errors.py` (`ErrorCode`) by `python -m cli.docs`. A "
+             "problem+json answer carries `code` beside its HTTP status; a failed job carries `error.code` (status: "
+             "job).", "",
+             "| code | HTTP status | who acts | what to do |", "| --- | --- | --- | --- |"]
+    for code in ErrorCode:
+        status = str(code.status) if code.status else "job"
+        lines.append(f"| `{code.value}` | {status} | {code.who} | {code.action} |")
+    return "\n".join(lines) + "\n"
+
+
+FILES = {"steps.md": render_steps, "recipes-builtin.md": render_recipes, "api.md": render_api,
+         "errors.md": render_errors}
 
 if __name__ == "__main__":
     for name, render in FILES.items():

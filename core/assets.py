@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from core.errors import NotFound
+from core.errors import ErrorCode, NotFound
 from core.ids import is_id
 from core.job import now
 
@@ -95,7 +95,8 @@ class AssetStore:
         if is_id(asset_id, kind[0]):
             data = self.objects.get_json(self.prefix(tenant, kind, asset_id) + "record.json")
         if data is None:
-            raise NotFound(f"{kind[:-1]} {asset_id} not found", code=f"{kind[:-1]}_not_found")
+            code = ErrorCode.model_not_found if kind == "models" else ErrorCode.dataset_not_found
+            raise NotFound(f"{kind[:-1]} {asset_id} not found", code=code)
         return cls.model_validate(data)
 
     def list(self, tenant: str, kind: str) -> list:

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from core.errors import InvalidInput
+from core.errors import ErrorCode, InvalidInput
 from core.settings import Settings
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -25,7 +25,7 @@ IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated, but still tunnel
 
 
 class CallbackRefused(InvalidInput):
-    code, title = "callback_url_refused", "Callback URL refused"
+    code, title = ErrorCode.callback_url_refused, "Callback URL refused"
 
 
 def _allowlist(spec: str) -> tuple[set[str], list[ipaddress.IPv4Network | ipaddress.IPv6Network]]:
@@ -110,5 +110,5 @@ def check_callback_url(url: str, settings: Settings) -> None:
     """At submit: the URL is acceptable and webhooks are configured."""
     if not settings.webhook_secret:
         raise InvalidInput("callbacks are not configured on this server (PARETO_WEBHOOK_SECRET is unset)",
-                           code="webhooks_disabled")
+                           code=ErrorCode.webhooks_disabled)
     resolve_callback(url, settings)

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from core.errors import Conflict
+from core.errors import Conflict, ErrorCode
 from core.recipe import Recipe
 
 
@@ -78,7 +78,7 @@ class Job(BaseModel):
     def moved_to(self, status: JobStatus, **changes) -> Job:
         """A copy in `status`; refuses a move the state machine does not allow (terminal states are final)."""
         if status not in TRANSITIONS[self.status]:
-            raise Conflict(f"job {self.id} is {self.status}; it cannot become {status}", code="job_state")
+            raise Conflict(f"job {self.id} is {self.status}; it cannot become {status}", code=ErrorCode.job_state)
         stamp = now()
         if status is JobStatus.running and self.started_at is None:
             changes.setdefault("started_at", stamp)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import redis
 
-from core.errors import NotFound, Unavailable
+from core.errors import ErrorCode, NotFound, Unavailable
 from core.ids import is_id, is_tenant
 from core.job import Job, JobError, JobStatus, Progress
 from core.metrics import count_job_state
@@ -42,7 +42,7 @@ class JobStore:
         self.backoff = Backoff(objects.settings.worker_retry_s if retry_s is None else retry_s)
 
     def _redis(self, fn, what: str):
-        return self.backoff.call(fn, f"Redis {what}", code="jobstore_unavailable")
+        return self.backoff.call(fn, f"Redis {what}", code=ErrorCode.jobstore_unavailable)
 
     @staticmethod
     def _key(job_id: str) -> str:
@@ -74,7 +74,7 @@ class JobStore:
     def get(self, tenant: str, job_id: str) -> Job:
         job = self.load(job_id)
         if job is None or job.tenant != tenant:
-            raise NotFound(f"job {job_id} not found", code="job_not_found")
+            raise NotFound(f"job {job_id} not found", code=ErrorCode.job_not_found)
         return job
 
     def list(self, tenant: str, status: JobStatus | None, limit: int, cursor: str | None) -> list[Job]:
@@ -108,7 +108,7 @@ class JobStore:
                         pipe.watch(key)
                         raw = pipe.get(key)
                         if raw is None:
-                            raise NotFound(f"job {job_id} not found", code="job_not_found")
+                            raise NotFound(f"job {job_id} not found", code=ErrorCode.job_not_found)
                         old = Job.from_manifest(json.loads(raw))
                         new = change(old)
                         pipe.multi()
@@ -216,7 +216,7 @@ class JobStore:
                 job = job.moved_to(JobStatus.cancelled)
             else:
                 job = job.moved_to(JobStatus.failed, error=JobError(
-                    code="interrupted", message="the job was running when the job store lost its data; its "
+                    code=ErrorCode.interrupted, message="the job was running when the job store lost its data; its "
                     "progress could not be recovered. Submit it again."))
 
         def write() -> bool:

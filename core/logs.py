@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, carrying `request_id`, `tenant` and `job_id` where known.
 
 The API opens a log context per request (service/middleware.py) and binds the tenant once the key is
-checked (service/deps.py); the workers open one per task (workers/telemetry.py). A context is one
+checked (service/deps.py); the workers open one per task (workers/engine/telemetry.py). A context is one
 mutable dict, so a field bound inside a thread-pool call (FastAPI runs sync dependencies and routes
 there, on a copy of the context) is still seen by the rest of the request.
 """

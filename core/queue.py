@@ -59,3 +59,11 @@ def celery_client(settings: Settings) -> Celery:
 
 def queue_for(device: str) -> str:
     return "gpu" if device == "cuda" else "cpu"
+
+
+def enqueue(celery: Celery, job) -> None:
+    """Sends a job (core.job.Job) to its queue by task name, its id as the task id, retrying briefly while
+    the broker does not answer."""
+    celery.send_task(OPTIMIZE_TASK, args=[job.tenant, job.id], task_id=job.id,
+                     queue=queue_for(job.recipe.target.device),
+                     retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.recipe import Recipe
 
 _BUILTIN: dict[str, dict] = {
@@ -101,5 +101,5 @@ def builtin_names() -> list[str]:
 def builtin_recipe(name: str) -> Recipe:
     if name not in _BUILTIN:
         known = ", ".join(sorted(_BUILTIN))
-        raise InvalidRecipe(f"unknown recipe {name!r}; built-in recipes: {known}", code="unknown_recipe")
+        raise InvalidRecipe(f"unknown recipe {name!r}; built-in recipes: {known}", code=ErrorCode.unknown_recipe)
     return Recipe.model_validate({"name": name, **_BUILTIN[name]})

@@ -10,24 +10,16 @@ import logging
 
 from celery import Celery
 
-from core.job import Job
 from core.jobstore import PREFIX, JobStore
-from core.queue import OPTIMIZE_TASK, queue_for
+from core.queue import enqueue
 
 log = logging.getLogger("pareto.recovery")
 LOCK = f"{PREFIX}rebuild-lock"
 LOCK_TTL_S = 600
 
 
-def send_job(celery: Celery, job: Job) -> None:
-    """Enqueues a job by task name, its id as the task id (as the gateway does at submit)."""
-    celery.send_task(OPTIMIZE_TASK, args=[job.tenant, job.id], task_id=job.id,
-                     queue=queue_for(job.recipe.target.device),
-                     retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5})
-
-
 def rebuild(jobs: JobStore, celery: Celery) -> dict[str, int]:
-    return jobs.rebuild(lambda job: send_job(celery, job))
+    return jobs.rebuild(lambda job: enqueue(celery, job))
 
 
 def rebuild_if_empty(jobs: JobStore, celery: Celery) -> dict[str, int] | None:

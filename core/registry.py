@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from core.errors import ErrorCode
 from core.job import JobError, JobStatus
 from core.queue import queue_for
 from core.recipe import Target
@@ -49,7 +50,8 @@ def fail_unservable(jobs, r: redis.Redis, wait_s: int) -> list[str]:
                    f"(queue {queue_for(target.device)}) and none has for {wait_s} s; start one "
                    f"(pareto worker --queues {queue_for(target.device)}) or submit for another target")
         try:
-            jobs.transition(job.id, JobStatus.failed, error=JobError(code="target_unavailable", message=message))
+            error = JobError(code=ErrorCode.target_unavailable, message=message)
+            jobs.transition(job.id, JobStatus.failed, error=error)
             failed.append(job.id)
         except Exception:  # it started or was cancelled meanwhile
             continue

@@ -27,7 +27,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from core.errors import Unavailable
+from core.errors import ErrorCode, Unavailable
 
 log = logging.getLogger("pareto.retry")
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class Backoff:
     first_s: float = 0.2
     max_s: float = 5.0
 
-    def call(self, fn: Callable[[], T], what: str, code: str = "storage_unavailable") -> T:
+    def call(self, fn: Callable[[], T], what: str, code: str = ErrorCode.storage_unavailable) -> T:
         deadline = time.monotonic() + self.budget_s
         wait, attempt = self.first_s, 0
         while True:

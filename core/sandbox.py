@@ -1,6 +1,6 @@
 """Runs code that reads an untrusted file in a child process of its own, held to limits.
 
-`run("service.modelcheck", [path], limits, scratch)` starts `python -m core.sandbox ...`, which sets the
+`run("core.checks.model", [path], limits, scratch)` starts `python -m core.sandbox ...`, which sets the
 limits on itself before it imports the module and runs it as `__main__`: an address-space limit
 (RLIMIT_AS), a CPU-time limit (RLIMIT_CPU: SIGXCPU at the soft limit, SIGKILL a few seconds later), no
 core dumps, and a wall-clock limit enforced by the parent. The child works in `scratch`, a folder of its

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from core.api import ArtifactLink, JobPage
 from core.assets import DatasetRecord, ModelRecord
+from core.errors import ErrorCode
 from core.job import Job
 from core.recipe import Recipe, Target
 from core.report import Report
@@ -175,7 +176,7 @@ class Client:
                     if changes(job).status.terminal:
                         return job, True
         except ApiError as e:
-            if e.status == 401 or e.code == "job_not_found":
+            if e.status == 401 or e.code == ErrorCode.job_not_found:
                 raise
             return None, False  # no event stream here (an older service, a proxy): poll
         except httpx.TransportError:

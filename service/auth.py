@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from core.errors import Unauthorized
+from core.errors import ErrorCode, Unauthorized
 from core.ids import is_tenant
 
 
@@ -38,14 +38,14 @@ class ApiKeys:
 
     def tenant_for(self, presented: str | None) -> str:
         if not presented:
-            raise Unauthorized("send 'Authorization: Bearer <key>'", code="unauthorized")
+            raise Unauthorized("send 'Authorization: Bearer <key>'", code=ErrorCode.unauthorized)
         digest = _digest(presented)
         found = None
         for known, tenant in self._entries:  # no early exit: every key is compared
             if hmac.compare_digest(known, digest):
                 found = tenant
         if found is None:
-            raise Unauthorized("the API key is not valid", code="unauthorized")
+            raise Unauthorized("the API key is not valid", code=ErrorCode.unauthorized)
         return found
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+import redis
 from celery import Celery
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from core import logs
+from core.idempotency import IdempotencyStore
 from core.jobstore import JobStore, redis_client
 from core.objectstore import ObjectStore
 from core.queue import celery_client
@@ -25,6 +27,8 @@ class Backends:
     objects: ObjectStore
     jobs: JobStore
     celery: Celery
+    r: redis.Redis  # the job store's, for what else the gateway keeps in Redis (metrics, workers, readiness)
+    idempotency: IdempotencyStore
     guard: KeyGuard | None = None  # revocation and rate limit
 
     @classmethod
@@ -32,7 +36,7 @@ class Backends:
         objects = ObjectStore(settings, retry_s=settings.api_retry_s)  # a client waits: retry briefly
         r = redis_client(settings)
         return cls(settings, ApiKeys(settings.api_keys), objects, JobStore(r, objects, retry_s=settings.api_retry_s),
-                   celery_client(settings), KeyGuard(r, settings))
+                   celery_client(settings), r, IdempotencyStore(r), KeyGuard(r, settings))
 
 
 async def backends(request: Request) -> Backends:

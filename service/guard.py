@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from core.errors import TooManyRequests, Unauthorized
+from core.errors import ErrorCode, TooManyRequests, Unauthorized
 from core.jobstore import PREFIX
 from core.settings import Settings
 
@@ -64,7 +64,7 @@ class KeyGuard:
 
     def check(self, key_id: str) -> None:
         if key_id in self.static or key_id in self._revoked_ids():
-            raise Unauthorized("the API key was revoked", code="unauthorized")
+            raise Unauthorized("the API key was revoked", code=ErrorCode.unauthorized)
         if self.settings.rate_limit_per_s > 0:
             self._take(key_id)
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 
-from core.errors import RequestTimeout, Unauthorized
+from core.errors import ErrorCode, RequestTimeout, Unauthorized
 from core.settings import Settings
 from service.auth import ApiKeys, bearer_token
 from service.problems import problem
@@ -55,12 +55,12 @@ class RequestLimits:
         limit = s.max_json_bytes
         declared = _header(scope, b"content-length") or ""
         if declared.isdigit() and int(declared) > limit:
-            return await self._refuse(scope, receive, send, 413, "payload_too_large", "Payload too large",
+            return await self._refuse(scope, receive, send, 413, ErrorCode.payload_too_large, "Payload too large",
                                       f"the request body ({int(declared)} bytes) is larger than {limit} bytes")
         try:
             replay = await self._read_body(receive_with_timeout, limit)
         except _TooLarge:
-            return await self._refuse(scope, receive, send, 413, "payload_too_large", "Payload too large",
+            return await self._refuse(scope, receive, send, 413, ErrorCode.payload_too_large, "Payload too large",
                                       f"the request body is larger than {limit} bytes")
         except RequestTimeout as e:
             return await self._refuse(scope, receive, send, 408, e.code, e.title, e.message)
@@ -87,7 +87,7 @@ class RequestLimits:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            return await self._refuse(scope, receive, send, 504, "request_timeout", "Request timeout",
+            return await self._refuse(scope, receive, send, 504, ErrorCode.request_timeout, "Request timeout",
                                       f"the request took longer than {s.request_timeout_s:g} s")
         await task
 

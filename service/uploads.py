@@ -20,7 +20,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import InvalidInput, PayloadTooLarge
+from core.errors import ErrorCode, InvalidInput, PayloadTooLarge
 from core.objectstore import PART_SIZE, MultipartWriter, ObjectStore
 from core.settings import Settings
 
@@ -183,7 +183,7 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
             await sink.flush()
             await sink.settle()
         if upload.size == 0:
-            raise InvalidInput("the upload is empty", code="empty_upload")
+            raise InvalidInput("the upload is empty", code=ErrorCode.empty_upload)
         return upload
     except BaseException:
         if sink is not None:
@@ -197,7 +197,7 @@ async def receive(request: Request, store: ObjectStore, key: str, limit: int, sp
 async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | None, upload: Upload,
                              max_fields: int):
     if not boundary:
-        raise InvalidInput("multipart/form-data without a boundary", code="invalid_multipart")
+        raise InvalidInput("multipart/form-data without a boundary", code=ErrorCode.invalid_multipart)
     state = {"header": b"", "value": b"", "headers": {}, "name": None, "data": bytearray()}
     file_chunks: list[bytes] = []  # parser callbacks are sync; the chunks are fed after each parse
 
@@ -229,7 +229,7 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
             upload.fields[state["name"]] = state["data"].decode("utf-8", "replace")
             if len(upload.fields) > max_fields:
                 raise InvalidInput(f"the form has more than {max_fields} fields besides 'file' "
-                                   "(PARETO_MAX_FORM_FIELDS)", code="too_many_form_fields")
+                                   "(PARETO_MAX_FORM_FIELDS)", code=ErrorCode.too_many_form_fields)
         state["headers"], state["name"] = {}, None
 
     parser = MultipartParser(
@@ -253,13 +253,13 @@ async def _receive_multipart(request: Request, sink: _Sink, boundary: bytes | No
         except InvalidInput:
             raise
         except Exception as e:  # the parser's errors are the client's malformed body
-            raise InvalidInput(f"malformed multipart body: {e}", code="invalid_multipart") from e
+            raise InvalidInput(f"malformed multipart body: {e}", code=ErrorCode.invalid_multipart) from e
         for part in file_chunks:
             await sink.feed(part)
         file_chunks.clear()
     parser.finalize()
     if upload.filename is None and sink.received == 0:
-        raise InvalidInput("multipart upload without a 'file' part", code="invalid_multipart")
+        raise InvalidInput("multipart upload without a 'file' part", code=ErrorCode.invalid_multipart)
 
 
 async def receive_checked(request: Request, store: ObjectStore, key: str, settings: Settings, check):

@@ -18,7 +18,7 @@ async def watch_targets(b: Backends) -> None:
     while True:
         await asyncio.sleep(EVERY_S)
         try:
-            failed = await run_in_threadpool(fail_unservable, b.jobs, b.jobs.r, b.settings.target_wait_s)
+            failed = await run_in_threadpool(fail_unservable, b.jobs, b.r, b.settings.target_wait_s)
             for job_id in failed:
                 log.warning("job %s failed: no worker serves its target", job_id)
         except Exception as e:  # Redis away: try again next round

@@ -28,18 +28,19 @@ def _pool_children_ignore_sigterm(**_) -> None:
 @worker_process_init.connect
 def _warm_up(**_) -> None:
     """What every job would otherwise pay on a fresh worker: torch's first training step, matplotlib."""
-    from workers import htmlreport, train
+    from workers.report import html
+    from workers.training import loop
 
-    train.warm_up()
-    htmlreport.pyplot()
+    loop.warm_up()
+    html.pyplot()
     logging.getLogger(__name__).info(WARMED)
 
 
 @worker_process_shutdown.connect
 def _send_pending_callbacks(**_) -> None:
-    """Callbacks go out from daemon threads of the pool process (workers/webhooks.py), which its exit would
+    """Callbacks go out from daemon threads of the pool process (workers/engine/webhooks.py), which its exit would
     cut off: a process that exits cleanly (warm shutdown, max tasks per child) first lets them finish."""
-    from workers import webhooks
+    from workers.engine import webhooks
 
     webhooks.drain(get_settings().webhook_budget_s)
 
@@ -47,7 +48,7 @@ def _send_pending_callbacks(**_) -> None:
 @worker_ready.connect
 def _advertise(sender=None, **_) -> None:
     """Tells the gateway which queues, device and execution providers this worker serves."""
-    from workers import advertise
+    from workers.engine import advertise
 
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     advertise.start(sender.hostname if sender is not None else "worker", queues)

@@ -7,7 +7,7 @@ from celery.exceptions import Reject
 from core.errors import Unavailable
 from core.queue import OPTIMIZE_TASK, TRIALS_TASK
 from workers.app import app
-from workers.runner import help_job, run_job
+from workers.engine.runner import help_job, run_job
 
 
 @app.task(name=OPTIMIZE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

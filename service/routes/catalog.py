@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from core.errors import NotFound
+from core.errors import ErrorCode, NotFound
 from core.recipes import builtin_names, builtin_recipe, builtin_recipes
 from core.registry import live
 from core.report import report_schema
@@ -23,7 +23,7 @@ def list_recipes(tenant: TenantDep) -> list[dict]:
 def read_recipe(name: str, tenant: TenantDep) -> dict:
     if name not in builtin_names():
         raise NotFound(f"no built-in recipe {name!r}; there are: {', '.join(builtin_names())}",
-                       code="recipe_not_found")
+                       code=ErrorCode.recipe_not_found)
     return builtin_recipe(name).model_dump(mode="json")
 
 
@@ -41,4 +41,4 @@ def read_report_schema(tenant: TenantDep) -> dict:
 @router.get("/workers")
 def list_workers(tenant: TenantDep, b: BackendsDep) -> list[dict]:
     """The live workers and what they serve: queues, device, execution providers, GPU."""
-    return sorted(live(b.jobs.r), key=lambda w: w["name"])
+    return sorted(live(b.r), key=lambda w: w["name"])

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.assets import AssetStore, DatasetRecord
+from core.checks.dataset import inspect_npz
 from core.ids import new_id, safe_filename
-from service.datasetcheck import inspect_npz
 from service.deps import BackendsDep, TenantDep
 from service.uploads import Upload, receive_checked
 

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.errors import ParetoError, TooManyRequests
+from core.errors import ErrorCode, ParetoError, TooManyRequests
 from core.job import Job
 from core.jobstore import JobStore
 from service.deps import BackendsDep, TenantDep
@@ -64,10 +64,11 @@ async def job_stream(jobs: JobStore, job: Job, lifetime_s: float) -> AsyncIterat
             current = await run_in_threadpool(jobs.load, job.id)
         except (ParetoError, redis.RedisError) as e:
             log.warning("events of job %s: the job store did not answer: %s", job.id, e)
-            yield sse("error", {"code": "service_unavailable", "message": "the job store did not answer; poll"})
+            yield sse("error", {"code": ErrorCode.service_unavailable, "message": "the job store did not answer; poll"})
             return
         if current is None:
-            yield sse("error", {"code": "job_not_found", "message": f"job {job.id} is no longer in the job store"})
+            yield sse("error", {"code": ErrorCode.job_not_found,
+                                "message": f"job {job.id} is no longer in the job store"})
             return
         job = current
 
@@ -85,7 +86,8 @@ def job_events(job_id: str, tenant: TenantDep, b: BackendsDep, request: Request)
     key_id, cap = request.state.key_id, b.settings.max_streams_per_key
     if _open.get(key_id, 0) >= cap:
         raise TooManyRequests(f"this API key has {cap} event streams open (PARETO_MAX_STREAMS_PER_KEY); close "
-                              "one or poll GET /v1/jobs/{id}", retry_after_s=RETRY_MS // 1000, code="too_many_streams")
+                              "one or poll GET /v1/jobs/{id}", retry_after_s=RETRY_MS // 1000,
+                              code=ErrorCode.too_many_streams)
     lifetime = max(1.0, min(MAX_STREAM_S, b.settings.request_timeout_s - 5))
     return StreamingResponse(_counted(key_id, job_stream(b.jobs, job, lifetime)), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

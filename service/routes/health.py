@@ -21,7 +21,7 @@ def readyz(b: BackendsDep):
     """Readiness: Redis and the object store answer."""
     checks = {}
     try:
-        b.jobs.r.ping()
+        b.r.ping()
         checks["redis"] = "ok"
     except RedisError as e:
         checks["redis"] = f"unavailable: {e}"

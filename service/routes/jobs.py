@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -12,14 +11,13 @@ from pydantic import BaseModel, ValidationError
 from core.api import ArtifactLink, DryRun, JobCreate, JobPage
 from core.assets import AssetStore
 from core.callbacks import check_callback_url
-from core.datacheck import dataset_problems, held_out_problems
-from core.errors import Conflict, InvalidDataset, InvalidInput, InvalidRecipe, NotFound, Unavailable
+from core.checks.dataset_fit import dataset_problems, held_out_problems
+from core.checks.recipe import input_size_problems, preflight
+from core.errors import Conflict, ErrorCode, InvalidDataset, InvalidRecipe, NotFound, Unavailable
 from core.ids import ID_PATTERN, new_id
 from core.job import Job, JobError, JobStatus
-from core.jobstore import PREFIX
 from core.objectstore import job_prefix
-from core.preflight import input_size_problems, preflight
-from core.queue import OPTIMIZE_TASK, queue_for
+from core.queue import enqueue
 from core.recipe import Recipe, Target
 from core.recipes import builtin_recipe
 from core.search import estimate
@@ -27,7 +25,6 @@ from service.deps import Backends, BackendsDep, TenantDep
 
 router = APIRouter(tags=["jobs"])
 log = logging.getLogger("pareto.api")
-IDEMPOTENCY_TTL_S = 24 * 3600
 
 
 def resolve_recipe(spec: str | dict[str, Any], target: Target | None) -> Recipe:
@@ -45,33 +42,13 @@ def resolve_recipe(spec: str | dict[str, Any], target: Target | None) -> Recipe:
 
 def _enqueue(b: Backends, job: Job) -> None:
     try:
-        b.celery.send_task(
-            OPTIMIZE_TASK, args=[job.tenant, job.id], task_id=job.id,
-            queue=queue_for(job.recipe.target.device),
-            retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
-        )
+        enqueue(b.celery, job)
     except Exception as e:
         log.error("could not enqueue job %s: %s", job.id, e)
         b.jobs.transition(job.id, JobStatus.failed,
-                          error=JobError(code="enqueue_failed", message="the job queue did not answer"))
-        raise Unavailable("the job queue did not answer; the job was not queued", code="queue_unavailable") from e
-
-
-def _idempotent(b: Backends, tenant: str, key: str | None, job_id: str, body: JobCreate) -> str | None:
-    """The job already created for this Idempotency-Key, or None after claiming the key for job_id. The key
-    remembers a digest of the body it came with: the same key with another body is a client's mistake (422),
-    not a request for the old job."""
-    if not key:
-        return None
-    slot = f"{PREFIX}idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
-    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    if b.jobs.r.set(slot, f"{job_id}:{digest}", nx=True, ex=IDEMPOTENCY_TTL_S):
-        return None
-    existing, _, claimed = b.jobs.r.get(slot).decode().partition(":")
-    if claimed and claimed != digest:
-        raise InvalidInput("this Idempotency-Key was used with another request body in the last 24 hours; "
-                           "use a new key for a new job", code="idempotency_key_reused")
-    return existing
+                          error=JobError(code=ErrorCode.enqueue_failed, message="the job queue did not answer"))
+        raise Unavailable("the job queue did not answer; the job was not queued",
+                          code=ErrorCode.queue_unavailable) from e
 
 
 @router.post("/jobs", status_code=202, response_model=Job | DryRun)
@@ -89,7 +66,8 @@ def create_job(
         return DryRun(recipe=recipe, **estimate(recipe, model.size_bytes, dataset.samples if dataset else 0))
     job = Job(id=new_id("j"), tenant=tenant, model_id=body.model_id, dataset_id=body.dataset_id,
               recipe=recipe, callback_url=body.callback_url)
-    if existing := _idempotent(b, tenant, idempotency_key, job.id, body):
+    if idempotency_key and (existing := b.idempotency.claim(tenant, idempotency_key, job.id,
+                                                            body.model_dump_json())):
         job = b.jobs.get(tenant, existing)
     else:
         b.jobs.create(job)
@@ -105,23 +83,23 @@ def _checked_inputs(body: JobCreate, tenant: str, b: Backends, recipe: Recipe):
     problems = preflight(recipe, model)
     if problems:
         raise InvalidRecipe("the recipe cannot run on this model: " + "; ".join(problems),
-                            code="unsupported_step", problems=problems)
+                            code=ErrorCode.unsupported_step, problems=problems)
     dataset = None
     if body.dataset_id:
         dataset = assets.load(tenant, "datasets", body.dataset_id)
         mismatch = dataset_problems(dataset, model, recipe)
         if mismatch:
             raise InvalidDataset("the dataset does not fit the model and recipe: " + "; ".join(mismatch),
-                                 code="dataset_mismatch", problems=mismatch)
+                                 code=ErrorCode.dataset_mismatch, problems=mismatch)
         split = held_out_problems(dataset, recipe)
         if split:
-            raise InvalidDataset("; ".join(split), code="no_eval_samples", problems=split)
+            raise InvalidDataset("; ".join(split), code=ErrorCode.no_eval_samples, problems=split)
     elif recipe.needs_dataset:
         steps = [s.name for s in recipe.steps if s.needs_data]
-        raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code="dataset_required")
+        raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code=ErrorCode.dataset_required)
     too_large = input_size_problems(recipe, model, dataset, b.settings.max_input_elements)
     if too_large:
-        raise InvalidRecipe("; ".join(too_large), code="inputs_too_large", problems=too_large)
+        raise InvalidRecipe("; ".join(too_large), code=ErrorCode.inputs_too_large, problems=too_large)
     return model, dataset
 
 
@@ -154,7 +132,7 @@ def cancel_job(job_id: str, tenant: TenantDep, b: BackendsDep) -> Job:
 
     def cancel(job: Job) -> Job:
         if job.status.terminal:
-            raise Conflict(f"job {job.id} is already {job.status}", code="job_finished")
+            raise Conflict(f"job {job.id} is already {job.status}", code=ErrorCode.job_finished)
         if job.status is JobStatus.queued:
             return job.moved_to(JobStatus.cancelled)
         return job.model_copy(update={"cancel_requested": True})  # the worker stops between steps
@@ -171,9 +149,9 @@ def _finished(b: Backends, tenant: str, job_id: str) -> Job:
     job = b.jobs.get(tenant, job_id)
     if not job.status.terminal:
         raise Conflict(f"job {job_id} is {job.status}; results exist once it has succeeded",
-                       code="job_not_finished")
+                       code=ErrorCode.job_not_finished)
     if job.status is not JobStatus.succeeded:
-        raise Conflict(f"job {job_id} {job.status}; it has no results", code="job_has_no_results")
+        raise Conflict(f"job {job_id} {job.status}; it has no results", code=ErrorCode.job_has_no_results)
     return job
 
 
@@ -182,7 +160,7 @@ def read_report(job_id: str, tenant: TenantDep, b: BackendsDep) -> dict:
     _finished(b, tenant, job_id)
     report = b.objects.get_json(job_prefix(tenant, job_id) + "report.json")
     if report is None:
-        raise NotFound(f"the report of job {job_id} is missing from storage", code="report_missing")
+        raise NotFound(f"the report of job {job_id} is missing from storage", code=ErrorCode.report_missing)
     return report
 
 

@@ -16,5 +16,5 @@ router = APIRouter(tags=["health"])
             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def metrics(b: BackendsDep) -> Response:
     """Jobs by state, queue depth, step durations, upload bytes, worker GPU memory."""
-    body = await run_in_threadpool(exposition, b.jobs.r)
+    body = await run_in_threadpool(exposition, b.r)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.assets import AssetStore, ModelRecord
-from core.errors import InvalidModel
+from core.checks.model import inspect_model
+from core.errors import ErrorCode, InvalidModel
 from core.ids import new_id, safe_filename
 from service.deps import BackendsDep, TenantDep
-from service.modelcheck import inspect_model
 from service.uploads import Upload, receive_checked
 
 router = APIRouter(tags=["models"])
@@ -28,7 +28,7 @@ def _format(declared: str | None, upload: Upload, spool: Path) -> str:
         with open(spool, "rb") as f:
             declared = "pt2" if f.read(2) == b"PK" else "onnx"
     if declared not in ("onnx", "pt2"):
-        raise InvalidModel(f"format must be 'onnx' or 'pt2', not {declared!r}", code="invalid_format")
+        raise InvalidModel(f"format must be 'onnx' or 'pt2', not {declared!r}", code=ErrorCode.invalid_format)
     return declared
 
 

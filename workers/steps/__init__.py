@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.steps import StepParams
 from core.steps.base import register_package
-from workers.handle import ModelHandle, StepContext
+from workers.steps.context import ModelHandle, StepContext
 
 Apply = Callable[[ModelHandle, StepParams, StepContext], ModelHandle]
 IMPLEMENTATIONS: dict[type[StepParams], Apply] = {}
@@ -24,7 +24,8 @@ def implements(params_type: type[StepParams]) -> Callable[[Apply], Apply]:
 def apply_step(handle: ModelHandle, params: StepParams, ctx: StepContext) -> ModelHandle:
     impl = IMPLEMENTATIONS.get(type(params))
     if impl is None:
-        raise InvalidRecipe(f"step {params.name!r} has no implementation on this worker", code="unsupported_step")
+        raise InvalidRecipe(f"step {params.name!r} has no implementation on this worker",
+                            code=ErrorCode.unsupported_step)
     return impl(handle, params, ctx)
 
 

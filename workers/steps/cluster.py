@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.steps.cluster import Cluster
-from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import Graph
+from workers.graph.onnx_graph import Graph
 from workers.steps import implements
-from workers.steps.prune import selected
+from workers.steps.common import selected
+from workers.steps.context import ModelHandle, StepContext
 
 
 def kmeans_1d(values: np.ndarray, k: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def cluster(handle: ModelHandle, p: Cluster, ctx: StepContext) -> ModelHandle:
     graph = Graph.load(handle.onnx_path)
     ops = [op for op in selected(graph, p) if graph.array(op.weight).size >= p.min_size]
     if not ops:
-        raise InvalidRecipe(f"cluster: no layer has at least {p.min_size} weights", code="step_not_applicable")
+        raise InvalidRecipe(f"cluster: no layer has at least {p.min_size} weights", code=ErrorCode.step_not_applicable)
     for op in ops:
         w = graph.array(op.weight)
         centroids, index = kmeans_1d(w, p.clusters, p.iterations)

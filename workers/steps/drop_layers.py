@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from onnx import helper
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.modelinfo import find_layers
 from core.steps.drop_layers import DropLayers
-from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import Graph
+from workers.graph.onnx_graph import Graph
 from workers.steps import implements
+from workers.steps.context import ModelHandle, StepContext
 
 
 def chosen(count: int, p: DropLayers) -> list[int]:
@@ -26,11 +26,11 @@ def drop_layers(handle: ModelHandle, p: DropLayers, ctx: StepContext) -> ModelHa
     every = layers and layers[0].kind == "named" and len(drop) >= len(layers)  # an encoder keeps one layer
     if not layers or not drop or every or max(drop) >= len(layers):
         raise InvalidRecipe(f"drop_layers: the model has {len(layers)} layers; cannot drop {drop}",
-                            code="step_not_applicable")
+                            code=ErrorCode.step_not_applicable)
     blocked = [layers[i].name for i in drop if not layers[i].droppable]
     if blocked:
         raise InvalidRecipe(f"drop_layers: {blocked} have more than one input or output stream",
-                            code="step_not_applicable")
+                            code=ErrorCode.step_not_applicable)
     for i in sorted(drop, reverse=True):
         layer = layers[i]
         if layer.output in graph.outputs:

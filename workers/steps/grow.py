@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.modelinfo import find_layers
 from core.steps.grow import Grow
-from workers.channels import channel_groups, resize
-from workers.handle import ModelHandle, StepContext
-from workers.modelstats import tensor_shapes
-from workers.onnxgraph import Graph, WeightOp, classifier_ops
+from workers.graph.channels import channel_groups, resize
+from workers.graph.onnx_graph import Graph, WeightOp, classifier_ops
+from workers.measure.stats import tensor_shapes
 from workers.steps import implements
+from workers.steps.context import ModelHandle, StepContext
 
 
 def widen(graph: Graph, p: Grow, ctx: StepContext, rng: np.random.Generator) -> int:
@@ -149,7 +149,8 @@ def grow(handle: ModelHandle, p: Grow, ctx: StepContext) -> ModelHandle:
             added = deepen_stack(graph, int(round(len(_relu_blocks(graph)) * (p.depth_multiplier - 1))))
             changes.append((added, f"added {added} identity layers"))
     if not any(count for count, _ in changes):
-        raise InvalidRecipe("grow found no layer it can widen or deepen in this model", code="step_not_applicable")
+        raise InvalidRecipe("grow found no layer it can widen or deepen in this model",
+                            code=ErrorCode.step_not_applicable)
     notes = [message for _, message in changes]
     ctx.notes.append("grow " + "; ".join(notes))
     return ModelHandle(graph.save(ctx.path("grown.onnx")))

@@ -1,13 +1,13 @@
 """optimize_graph: onnxruntime's graph optimizations applied once and saved into the model; at the levels
-that write onnxruntime operators, transformer encoders are fused first (workers/fusion.py)."""
+that write onnxruntime operators, transformer encoders are fused first (workers/graph/fusion.py)."""
 
 from __future__ import annotations
 
 from core.steps.optimize_graph import OptimizeGraph
-from workers.fusion import described, fuse_transformer
-from workers.handle import ModelHandle, StepContext
+from workers.graph.fusion import described, fuse_transformer
+from workers.measure.variants import compare, slowness, timings
 from workers.steps import implements
-from workers.trial import compare, slowness, timings
+from workers.steps.context import ModelHandle, StepContext
 
 SAME = 0.9999  # fidelity to the input model a fused graph must keep (mean cosine, or top-1 agreement)
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.steps.prune import Prune
-from workers.channels import channel_groups, resize, units_to_channels
-from workers.handle import ModelHandle, StepContext
-from workers.modelstats import tensor_shapes
-from workers.onnxgraph import Graph, WeightOp, classifier_ops, matches
+from workers.graph.channels import channel_groups, resize, units_to_channels
+from workers.graph.onnx_graph import Graph, WeightOp
+from workers.measure.stats import tensor_shapes
 from workers.steps import implements
-
-
-def selected(graph: Graph, p, ops: list[WeightOp] | None = None) -> list[WeightOp]:
-    """The weight layers a step may touch: not ignored, and not the classifier unless asked."""
-    ops = graph.weight_ops() if ops is None else ops
-    kept = classifier_ops(graph, ops) if p.keep_classifier else set()
-    return [op for op in ops if op.name not in kept and not matches(op.name, p.ignore)]
+from workers.steps.common import selected
+from workers.steps.context import ModelHandle, StepContext
 
 
 def magnitude(graph: Graph, ops: list[WeightOp], p: Prune) -> None:
@@ -65,7 +59,7 @@ def structured(graph: Graph, p: Prune, ctx: StepContext) -> None:
     if not groups:
         raise InvalidRecipe("prune structured found no channels or heads it can remove safely in this model "
                             "(every layer feeds a residual connection, a concatenation or the output)",
-                            code="step_not_applicable")
+                            code=ErrorCode.step_not_applicable)
     removed = {"channels": [0, 0], "heads": [0, 0]}
     for group in groups:
         units = group.size // group.unit
@@ -91,7 +85,7 @@ def prune(handle: ModelHandle, p: Prune, ctx: StepContext) -> ModelHandle:
         ops = selected(graph, p)
         if not ops:
             raise InvalidRecipe("prune: no layer is left to prune after `ignore` and keep_classifier",
-                                code="step_not_applicable")
+                                code=ErrorCode.step_not_applicable)
         if p.method == "magnitude":
             magnitude(graph, ops, p)
         else:

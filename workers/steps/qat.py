@@ -9,13 +9,13 @@ import torch
 
 from core.steps.qat import Qat
 from core.steps.quantize import Quantize
-from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import matches
+from workers.graph.onnx_graph import matches
+from workers.graph.torch_module import OnnxModule
 from workers.steps import implements
-from workers.steps.distill import loss_kind, objective_for
+from workers.steps.context import ModelHandle, StepContext
 from workers.steps.quantize import int8
-from workers.torchconv import OnnxModule
-from workers.train import label_loss, mixed, train
+from workers.training.loop import label_loss, mixed, train
+from workers.training.objectives import loss_kind, objective_for
 
 
 def fake_weight(w: torch.Tensor, axis: int) -> torch.Tensor:

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.steps.quantize import Quantize
-from workers.fusion import described, fuse_transformer
-from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
-from workers.sensitivity import fallback_layers, quality_goals
+from workers.graph.fusion import described, fuse_transformer
+from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
+from workers.measure.sensitivity import fallback_layers, quality_goals
+from workers.measure.variants import Trial, fidelities, latencies, slowness, timings
 from workers.steps import implements
-from workers.trial import Trial, fidelities, latencies, slowness, timings
+from workers.steps.context import ModelHandle, StepContext
 
 
 def _excluded(path: Path, p: Quantize, extra_ops: tuple[str, ...] = ()) -> list[str]:
@@ -192,7 +192,7 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
         return ModelHandle(float_storage(src, out, p))
     if p.mode == "static" and not ctx.from_dataset:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
-                            code="dataset_required")
+                            code=ErrorCode.dataset_required)
     if p.mode == "auto":
         chosen = auto(src, p, ctx)
         if chosen is None:  # the float input was faster on the target than any int8 variant

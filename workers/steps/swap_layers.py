@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from core.errors import InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe
 from core.steps.factorize import Factorize
 from core.steps.swap_layers import SwapLayers
-from workers.handle import ModelHandle, StepContext
-from workers.onnxgraph import Graph, WeightOp, matches
+from workers.graph.low_rank import factor_linear
+from workers.graph.onnx_graph import Graph, WeightOp, matches
 from workers.steps import implements
-from workers.steps.factorize import factor_linear
-from workers.steps.prune import selected
+from workers.steps.common import selected
+from workers.steps.context import ModelHandle, StepContext
 
 
 def separable(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def swap_layers(handle: ModelHandle, p: SwapLayers, ctx: StepContext) -> ModelHa
             swapped["linear"] += 1
     if not any(swapped.values()):
         raise InvalidRecipe(f"swap_layers: no selected layer saves {p.min_saving:.0%} of its parameters and MACs "
-                            "by the swap", code="step_not_applicable")
+                            "by the swap", code=ErrorCode.step_not_applicable)
     graph.reindex()
     graph.drop_unused()
     ctx.notes.append(f"swap_layers: {swapped['conv']} convolutions made depthwise-separable, "

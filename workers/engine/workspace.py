@@ -19,15 +19,15 @@ from core.objectstore import ObjectStore, job_prefix
 from core.report import Candidate
 from core.settings import Settings
 from core.steps import Step
-from workers.fleet import POLL_S, Fleet
-from workers.handle import ModelHandle, StepContext
-from workers.inputs import JobData, batch_dim, job_data
-from workers.measure import Bench, providers_for, resolve_threads
-from workers.plan import BASELINE, Node
-from workers.pt2 import program_to_onnx
-from workers.quality import default_metrics
+from workers.engine.data import JobData, batch_dim, job_data
+from workers.engine.fleet import POLL_S, Fleet
+from workers.engine.plan import BASELINE, Node
+from workers.engine.telemetry import record_step
+from workers.graph.program import program_to_onnx
+from workers.measure.bench import Bench, providers_for, resolve_threads
+from workers.measure.quality import default_metrics
 from workers.steps import apply_step
-from workers.telemetry import record_step
+from workers.steps.context import ModelHandle, StepContext
 
 STEP = TypeAdapter(Step)
 

@@ -17,9 +17,9 @@ import uuid
 
 import redis
 
-from core.errors import without_paths
+from core.errors import ErrorCode, without_paths
 from core.retry import Backoff
-from workers.plan import BASELINE, Node
+from workers.engine.plan import BASELINE, Node
 
 KEY_TTL_S = 7 * 24 * 3600
 POLL_S = 0.1  # how often an idle worker looks for ready work (Redis reads: cheap)
@@ -36,7 +36,7 @@ def _retried(method):
     @functools.wraps(method)
     def call(self, *args, **kwargs):
         return self.backoff.call(lambda: method(self, *args, **kwargs), f"Redis fleet {method.__name__}",
-                                 code="jobstore_unavailable")
+                                 code=ErrorCode.jobstore_unavailable)
     return call
 
 

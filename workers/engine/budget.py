@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core import sandbox
-from core.errors import BudgetExceeded, JobCancelled, ParetoError
+from core.errors import BudgetExceeded, ErrorCode, JobCancelled, ParetoError
 from core.settings import Settings
 
 log = logging.getLogger("pareto.worker")
@@ -144,10 +144,10 @@ class Budget:
         s = self.settings
         if rss > s.job_memory_bytes:
             return BudgetExceeded(f"the job needed more than {s.job_memory_bytes >> 20} MiB of memory "
-                                  "(PARETO_JOB_MEMORY_BYTES)", code="memory_budget_exceeded")
+                                  "(PARETO_JOB_MEMORY_BYTES)", code=ErrorCode.memory_budget_exceeded)
         if cpu > s.job_cpu_s:
             return BudgetExceeded(f"the job used more than {s.job_cpu_s} s of CPU time (PARETO_JOB_CPU_S)",
-                                  code="cpu_budget_exceeded")
+                                  code=ErrorCode.cpu_budget_exceeded)
         return None
 
     def _stop(self, reason: ParetoError) -> None:

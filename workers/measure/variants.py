@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.handle import StepContext
+from workers.measure.quality import agreement
+from workers.steps.context import StepContext
 
 SAMPLES = 64
 ROUNDS = 15  # at batch 1; batch b gets ROUNDS // b rounds, at least MIN_ROUNDS (a MiniLM batch of 32: 0.3 s a run)
@@ -39,14 +40,6 @@ def outputs(sess, samples: dict[str, np.ndarray], n: int = SAMPLES, chunk: int =
     rows = min(n, len(next(iter(samples.values()))))
     return np.concatenate([sess.run(None, {k: v[i : i + chunk] for k, v in samples.items()})[0]
                            for i in range(0, rows, chunk)])
-
-
-def agreement(reference: np.ndarray, output: np.ndarray, classification: bool) -> float:
-    if classification and reference.ndim == 2 and reference.shape[1] > 1:
-        return float(np.mean(reference.argmax(1) == output.argmax(1)))
-    a, b = reference.reshape(len(reference), -1), output.reshape(len(output), -1)
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return float(np.mean((a * b).sum(1) / norms))
 
 
 def latency(sess, samples: dict[str, np.ndarray], batch: int = 1, runs: int = ROUND_RUNS,

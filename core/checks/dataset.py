@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.assets import ArraySpec, SplitCounts
-from core.errors import InvalidDataset
+from core.errors import ErrorCode, InvalidDataset
 
 MAX_ARRAYS = 64
 MAX_EXPANSION = 200  # declared uncompressed size / compressed size
@@ -44,7 +44,7 @@ def inspect_npz(path: Path, max_bytes: int) -> tuple[list[ArraySpec], SplitCount
         if len(counts) != 1 or None in counts:
             raise InvalidDataset("every array must have the same first (sample) dimension")
         if counts == {0}:
-            raise InvalidDataset("the dataset holds no sample", code="empty_dataset")
+            raise InvalidDataset("the dataset holds no sample", code=ErrorCode.empty_dataset)
         split = None
         for member, array in zip(members, arrays, strict=True):
             values = _scan(archive, member, array)
@@ -76,7 +76,7 @@ def _scan(archive: zipfile.ZipFile, member: zipfile.ZipInfo, array: ArraySpec) -
         for values in _chunks(archive, member):
             if not np.isfinite(values).all():
                 raise InvalidDataset(f"{array.name!r} holds NaN or infinite values; models and metrics need "
-                                     "finite inputs and labels", code="non_finite_values")
+                                     "finite inputs and labels", code=ErrorCode.non_finite_values)
     return None
 
 

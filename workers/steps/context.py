@@ -10,7 +10,7 @@ import numpy as np
 
 from core.assets import TensorSpec
 from core.settings import Settings
-from workers.inputs import JobData, Split
+from workers.engine.data import JobData, Split
 
 
 @dataclass(frozen=True)

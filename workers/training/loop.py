@@ -1,6 +1,6 @@
 """The training loop the improving steps share (distill, finetune, qat).
 
-The student is the current ONNX model run by torch (workers/torchconv.py), its float weights trainable;
+The student is the current ONNX model run by torch (workers/graph/torch_module.py), its float weights trainable;
 after training the weights are written back into the same graph, so the result deploys like the input.
 Deterministic given the seed; on CUDA when the worker has it; checks cancellation between batches and
 reports progress per epoch.
@@ -18,12 +18,12 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from core.errors import InvalidDataset, InvalidRecipe
+from core.errors import ErrorCode, InvalidDataset, InvalidRecipe
 from core.steps.training import Training
-from workers.augment import augment
-from workers.handle import StepContext
-from workers.onnxgraph import matches
-from workers.torchconv import OnnxModule
+from workers.graph.onnx_graph import matches
+from workers.graph.torch_module import OnnxModule
+from workers.steps.context import StepContext
+from workers.training.augment import augment
 
 Objective = Callable[..., torch.Tensor]  # (student, teacher | None, labels | None, perm | None, keep) -> loss
 PROGRESS_EVERY_S = 1.0
@@ -123,7 +123,7 @@ class Trainer:
             raise InvalidDataset("the training split is empty")
         if p.semi_supervised and ctx.data.task != "classification":
             raise InvalidRecipe(f"{p.name}: labeled_fraction, pseudo_labels and consistency need a classifier "
-                                "(integer labels)", code="step_not_applicable")
+                                "(integer labels)", code=ErrorCode.step_not_applicable)
         self.template = onnx.load(str(student))
         self.model = OnnxModule(self.template).to(self.device).train()
         for name, key in self.model._names.items():

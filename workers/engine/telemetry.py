@@ -1,7 +1,7 @@
 """The workers' side of observability: JSON logs with the job's id and tenant, step durations and GPU
 memory written to Redis for the API's `/metrics` (core/metrics.py).
 
-Connected to Celery's signals when the worker imports its task modules (workers/runner.py imports this),
+Connected to Celery's signals when the worker imports its task modules (workers/engine/runner.py imports this),
 before Celery sets up logging; the pipeline calls `record_step` after each step.
 Never lets a metrics write fail a job, and never touches CUDA unless the job already did (so the
 parent process stays CUDA-free before it forks its pool).

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from core.assets import GENERATED_SAMPLES, TensorSpec
-from core.errors import InvalidDataset
+from core.errors import ErrorCode, InvalidDataset
 from core.recipe import Recipe
 
 TRAINING_EVAL_FRACTION = 0.2
@@ -77,7 +77,7 @@ def load_dataset(path: Path, specs: list[TensorSpec]) -> tuple[Split, np.ndarray
         split = data["split"].astype(np.int64) if "split" in data.files else None
     for name, array in [*arrays.items(), ("labels", labels)]:  # the upload check refuses these too
         if array is not None and array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidDataset(f"{name!r} holds NaN or infinite values", code="non_finite_values")
+            raise InvalidDataset(f"{name!r} holds NaN or infinite values", code=ErrorCode.non_finite_values)
     return Split(arrays, labels), split
 
 

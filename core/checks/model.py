@@ -1,5 +1,5 @@
-"""Checks an uploaded model (ONNX, or a `.pt2` through core/pt2check.py) before anything runs it, and reads
-its inputs and outputs, in a child process held to limits (core/sandbox.py).
+"""Checks an uploaded model (ONNX, or a `.pt2` through core/checks/pt2_safety.py and pt2_signature.py) before
+anything runs it, and reads its inputs and outputs, in a child process held to limits (core/sandbox.py).
 
 Uses the `onnx` package only (protobuf parsing and the checker); onnxruntime never sees a file that
 failed here. Models must be self-contained: tensors stored outside the file are refused, in every graph,
@@ -21,7 +21,7 @@ from onnx import TensorProto
 
 from core import sandbox
 from core.assets import TensorSpec
-from core.errors import InvalidModel
+from core.errors import ErrorCode, InvalidModel
 from core.modelinfo import find_layers, operators
 from core.sandbox import Limits
 from core.settings import Settings
@@ -95,7 +95,7 @@ def _refuse_external_data(model: onnx.ModelProto) -> None:
             raise InvalidModel(
                 f"tensor {t.name!r} is stored outside the file; upload a single self-contained .onnx "
                 "(onnx.save(model, path, save_as_external_data=False))",
-                code="external_data",
+                code=ErrorCode.external_data,
             )
 
 
@@ -120,13 +120,14 @@ def inspect_model(path: Path, fmt: str, settings: Settings) -> dict:
     never the gateway's memory or CPU."""
     limits = Limits(CHECK_BASE_BYTES + CHECK_BYTES_PER_FILE_BYTE * path.stat().st_size, settings.check_cpu_s,
                     settings.check_timeout_s)
-    module = "core.pt2check" if fmt == "pt2" else "service.modelcheck"
+    module = "core.checks.pt2_signature" if fmt == "pt2" else "core.checks.model"
     scratch = Path(tempfile.mkdtemp(prefix="check-", dir=path.parent))
     try:
         found = sandbox.run(module, [str(path), str(settings.max_upload_bytes)], limits, scratch,
                             env=sandbox.QUIET_THREADS)
     except sandbox.LimitExceeded as e:
-        raise InvalidModel(f"the {fmt} check could not read the model: {e.message}", code="model_check_limit") from e
+        raise InvalidModel(f"the {fmt} check could not read the model: {e.message}",
+                           code=ErrorCode.model_check_limit) from e
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if "refused" in found:
@@ -173,5 +174,5 @@ def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[Te
     return model, inputs, outputs
 
 
-if __name__ == "__main__":  # python -m core.sandbox ... service.modelcheck FILE MAX_BYTES (inspect_model)
+if __name__ == "__main__":  # python -m core.sandbox ... core.checks.model FILE MAX_BYTES (inspect_model)
     print(json.dumps(_summary(Path(sys.argv[1]))))

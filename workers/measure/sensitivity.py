@@ -13,11 +13,11 @@ from pathlib import Path
 
 from core.recipe import Goal
 from core.report import Candidate, Metrics
-from workers import goals as G
-from workers.handle import StepContext
-from workers.measure import fidelity
-from workers.quality import quality
-from workers.trial import agreement, outputs, session
+from workers.measure import goals as G
+from workers.measure.bench import fidelity
+from workers.measure.quality import agreement, quality
+from workers.measure.variants import outputs, session
+from workers.steps.context import StepContext
 
 MAX_RANKED = 64  # layers whose sensitivity is measured one by one
 

@@ -1,5 +1,6 @@
-"""Checks an uploaded `torch.export` program (`.pt2`) before anything loads it, and reads its inputs,
-outputs and operators. Standard library only: the gateway never imports torch.
+"""Checks an uploaded `torch.export` program (`.pt2`) before anything loads it: what torch would unpickle,
+evaluate or load from the archive. Standard library only: the gateway never imports torch. Reading the
+program's inputs, outputs and operators is core/checks/pt2_signature.py.
 
 Why a checker at all: `torch.export.load` is not safe on untrusted files (torch 2.13, verified):
 - `torch/_export/serde/serialize.py: deserialize_torch_artifact` loads the sample inputs (and legacy
@@ -39,8 +40,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.assets import TensorSpec
-from core.errors import InvalidModel
+from core.errors import ErrorCode, InvalidModel
 
 MAX_MEMBERS = 100_000
 MAX_JSON_BYTES = 64 * 1024 * 1024  # models/model.json and the two payload configs, each
@@ -137,7 +137,7 @@ class _Budget:
         if self.bytes_left < 0:
             raise InvalidModel(
                 f"{where}: checking the archive means parsing more than {MAX_PARSED_BYTES} bytes of JSON and "
-                "pickles; a torch.export.save archive holds far less", code="archive_too_large")
+                "pickles; a torch.export.save archive holds far less", code=ErrorCode.archive_too_large)
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ def _describe(v) -> str:
 
 
 def check_pickle(data: bytes, where: str, budget: _Budget | None = None) -> None:
-    """Raises InvalidModel(code="unsafe_pickle") unless every opcode / global in the pickle is one that
+    """Raises InvalidModel(code=ErrorCode.unsafe_pickle) unless every opcode / global in the pickle is one that
     torch.load(weights_only=True) would accept (a strict subset of torch's own allowlist is fine).
 
     `data` may hold a short run of pickles (legacy torch.save files are several); all must pass and
@@ -396,14 +396,14 @@ def check_pickle(data: bytes, where: str, budget: _Budget | None = None) -> None
         # work, like the byte limits, and the way out is the same (a plain torch.export.save archive)
         raise InvalidModel(
             f"{where}: the archive's pickles hold more than {MAX_PICKLE_OPS} opcodes; sample inputs and "
-            "state dicts written by torch.export.save hold far fewer", code="archive_too_large") from None
+            "state dicts written by torch.export.save hold far fewer", code=ErrorCode.archive_too_large) from None
     except _Refused as e:
         raise InvalidModel(
             f"{where}: {e}. Pickles in an upload may hold only tensors, parameters, state dicts and plain "
             "containers (what torch.load(weights_only=True) accepts; torch.export.load would otherwise "
             "fall back to an unsafe load). Re-export with torch.export.export(...) and torch.export.save, "
             "with plain tensors as example inputs and no custom objects.",
-            code="unsafe_pickle",
+            code=ErrorCode.unsafe_pickle,
         ) from None
 
 
@@ -412,7 +412,7 @@ def check_pickle(data: bytes, where: str, budget: _Budget | None = None) -> None
 # ----------------------------------------------------------------------------------------------------
 
 def _unsafe(msg: str) -> InvalidModel:
-    return InvalidModel(msg, code="unsafe_archive")
+    return InvalidModel(msg, code=ErrorCode.unsafe_archive)
 
 
 def _check_name(name: str, where: str) -> None:
@@ -450,11 +450,11 @@ def _checked_entries(zf: zipfile.ZipFile, max_bytes: int, where: str) -> list[zi
         seen.add(info.filename)
         total += info.file_size
         if total > max_bytes:
-            raise InvalidModel(f"{where}: expands to more than {max_bytes} bytes", code="archive_too_large")
+            raise InvalidModel(f"{where}: expands to more than {max_bytes} bytes", code=ErrorCode.archive_too_large)
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise InvalidModel(
                 f"{where}: member {info.filename!r} expands {info.file_size // max(info.compress_size, 1)}x "
-                f"(limit {MAX_RATIO}x); zip bombs are refused", code="archive_too_large")
+                f"(limit {MAX_RATIO}x); zip bombs are refused", code=ErrorCode.archive_too_large)
     _check_no_overlap(infos, where)
     return infos
 
@@ -473,12 +473,13 @@ def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str, n:
     """A member's bytes (the first `n` only, when given), refusing members over `limit`."""
     if n is None and info.file_size > limit:
         raise InvalidModel(f"{where}: {info.filename!r} is {info.file_size} bytes; the limit for this kind "
-                           f"of member is {limit}", code="archive_too_large")
+                           f"of member is {limit}", code=ErrorCode.archive_too_large)
     try:
         with zf.open(info) as f:
             return f.read(n if n is not None else limit + 1)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-        raise InvalidModel(f"{where}: member {info.filename!r} could not be read ({e})", code="not_pt2") from None
+        raise InvalidModel(f"{where}: member {info.filename!r} could not be read ({e})",
+                           code=ErrorCode.not_pt2) from None
 
 
 def _read_parsed(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str, budget: _Budget) -> bytes:
@@ -632,7 +633,7 @@ def _check_sym_expr(expr, where: str) -> None:
                                "pairwise, in worse than quadratic time, when torch.export.load parses it")
     except _ExprRefused as e:
         raise InvalidModel(f"{where}: the symbolic shape expression {str(expr)[:120]!r} {e}",
-                           code="unsafe_graph") from None
+                           code=ErrorCode.unsafe_graph) from None
 
 
 def _tokens_ok(expr: str) -> bool:
@@ -801,7 +802,8 @@ def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, budget: _
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise InvalidModel(f"{where}: {info.filename!r} is not valid JSON ({str(e)[:200]})", code="not_pt2") from None
+        raise InvalidModel(f"{where}: {info.filename!r} is not valid JSON ({str(e)[:200]})",
+                           code=ErrorCode.not_pt2) from None
 
 
 # What torch 2.13 parses as JSON (torch/export/pt2_archive/_package.py): `_load_exported_programs` takes
@@ -837,11 +839,11 @@ def _payload_members(zf, prefix: str, budget: _Budget, where: str) -> tuple[set[
         config = _read_json(zf, info, where, budget)
         entries = config.get("config") if isinstance(config, dict) else None
         if not isinstance(entries, dict):
-            raise InvalidModel(f"{where}: {info.filename!r} is not a payload config", code="not_pt2")
+            raise InvalidModel(f"{where}: {info.filename!r} is not a payload config", code=ErrorCode.not_pt2)
         for entry in entries.values():
             path_name = entry.get("path_name") if isinstance(entry, dict) else None
             if not isinstance(path_name, str):
-                raise InvalidModel(f"{where}: {info.filename!r} has an entry without a path", code="not_pt2")
+                raise InvalidModel(f"{where}: {info.filename!r} has an entry without a path", code=ErrorCode.not_pt2)
             target = prefix + folder + path_name
             plain = entry.get("use_pickle") is False and not path_name.startswith(("custom_obj_", "opaque_obj_"))
             (raw if plain else pickled).add(target)
@@ -856,7 +858,7 @@ def _archive_prefix(infos: list[zipfile.ZipInfo]) -> str:
         raise InvalidModel(
             "not a torch.export program: expected exactly one <name>/models/model.json in the archive; "
             "save the model with torch.export.save(torch.export.export(model, example_inputs), path)",
-            code="not_pt2")
+            code=ErrorCode.not_pt2)
     return found[0]
 
 
@@ -888,141 +890,17 @@ def _check_members(zf, infos, prefix: str, max_bytes: int, budget: _Budget, wher
     return program
 
 
-# ----------------------------------------------------------------------------------------------------
-# Inputs, outputs and operators from models/model.json
-# ----------------------------------------------------------------------------------------------------
-
-# torch/_export/serde/schema.py ScalarType -> numpy dtype name (names numpy lacks are torch's own)
-_DTYPES = {
-    1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32", 8: "float64",
-    9: "complex32", 10: "complex64", 11: "complex128", 12: "bool", 13: "bfloat16", 28: "uint16",
-    29: "float8_e4m3fn", 30: "float8_e5m2", 31: "float8_e4m3fnuz", 32: "float8_e5m2fnuz",
-    33: "float8_e8m0fnu", 34: "uint32", 35: "uint64",
-}
-
-
-def _dig(obj, *keys):
-    """obj[k1][k2]..., or None where a step is missing or not a dict (model.json is untrusted)."""
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
-def _dim(size) -> int | str | None:
-    if type(_dig(size, "as_int")) is int:
-        return size["as_int"]
-    expr = _dig(size, "as_expr", "expr_str")
-    if not isinstance(expr, str):
-        return None
-    # srepr -> a readable name: Symbol('s31', positive=True, integer=True) -> s31, Integer(2) -> 2
-    expr = re.sub(r"Symbol\('(\w+)'(?:, \w+=\w+)*\)", r"\1", expr)
-    return re.sub(r"Integer\((-?\d+)\)", r"\1", expr)
-
-
-def _tensor_spec(graph: dict, arg, role: str) -> TensorSpec:
-    name = _dig(arg, "as_tensor", "name")
-    if not isinstance(name, str):
-        kind = next(iter(arg), "?") if isinstance(arg, dict) and arg else "?"
-        raise InvalidModel(f"a user {role} is not a tensor ({kind}); only tensor inputs and outputs are "
-                           "supported", code="unsupported_model")
-    meta = _dig(graph, "tensor_values", name)
-    dtype, sizes = _dig(meta, "dtype"), _dig(meta, "sizes")
-    if type(dtype) is not int or dtype not in _DTYPES or not isinstance(sizes, list):
-        raise InvalidModel(f"{role} {name!r}: missing or unsupported tensor metadata in models/model.json",
-                           code="unsupported_model")
-    return TensorSpec(name=name, dtype=_DTYPES[dtype], shape=[_dim(s) for s in sizes])
-
-
-def _user_specs(graph: dict, specs, kind: str, role: str) -> list[TensorSpec]:
-    out = []
-    for spec in specs if isinstance(specs, list) else []:
-        if isinstance(spec, dict) and kind in spec:
-            out.append(_tensor_spec(graph, _dig(spec, kind, "arg"), role))
-    return out
-
-
-def _operators(graph_module) -> list[str]:
-    """Distinct call targets of every node, nested subgraphs (control flow) included."""
-    targets: set[str] = set()
-    todo = [graph_module]
-    while todo:
-        node = todo.pop()
-        if isinstance(node, dict):
-            if isinstance(node.get("target"), str) and "inputs" in node and "outputs" in node:
-                targets.add(node["target"])
-            todo.extend(node.values())
-        elif isinstance(node, list):
-            todo.extend(node)
-    return sorted(targets)
-
-
-_LAYER_PATH = re.compile(r"^(.*?(?:^|\.)(?:layer|layers|blocks|block|h))\.(\d+)(?:\.|$)")
-
-
-def layer_count(graph_module) -> int:
-    """Repeated layers (ModuleList entries such as encoder.layer.3), from the nodes' nn_module_stack."""
-    indexes: dict[str, set[int]] = {}
-    for node in _dig(graph_module, "graph", "nodes") or []:
-        stack = _dig(node, "metadata", "nn_module_stack")
-        for entry in stack.split(";") if isinstance(stack, str) else []:
-            path = entry.split(",")[1] if entry.count(",") >= 2 else ""
-            m = _LAYER_PATH.match(path)
-            if m:
-                indexes.setdefault(m.group(1), set()).add(int(m.group(2)))
-    return max((len(v) for v in indexes.values() if len(v) >= 2), default=0)
-
-
-def _signature(program) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:
-    gm = _dig(program, "graph_module")
-    graph, sig = _dig(gm, "graph"), _dig(gm, "signature")
-    if not isinstance(graph, dict) or not isinstance(sig, dict):
-        raise InvalidModel("models/model.json holds no graph_module.graph / signature; "
-                           "save the model with torch.export.save", code="not_pt2")
-    inputs = _user_specs(graph, sig.get("input_specs"), "user_input", "input")
-    outputs = _user_specs(graph, sig.get("output_specs"), "user_output", "output")
-    if not inputs or not outputs:
-        raise InvalidModel("the program needs at least one tensor input and one tensor output",
-                           code="unsupported_model")
-    return inputs, outputs, _operators(gm)
-
-
-def inspect_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:
-    inputs, outputs, operators, _ = describe_pt2(path, max_bytes)
-    return inputs, outputs, operators
-
-
-def describe_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[TensorSpec], list[str], int]:
-    """Validates a .pt2 archive without importing torch and returns (inputs, outputs, operators), where
-    operators is the sorted list of distinct targets in the graph (e.g. "torch.ops.aten.linear.default").
-    Raises InvalidModel with a clear, user-actionable message and a stable code otherwise:
-    not_pt2, unsafe_pickle, unsafe_archive, archive_too_large, unsafe_graph, unsupported_model."""
+def checked_program(path: Path, max_bytes: int) -> dict:
+    """The archive's program (models/model.json, parsed) once every member torch would read passed; InvalidModel
+    with a clear, user-actionable message and a stable code otherwise: not_pt2, unsafe_pickle, unsafe_archive,
+    archive_too_large, unsafe_graph."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise InvalidModel(f"not a .pt2 archive: the file is not a zip ({e}); save the model with "
-                           "torch.export.save", code="not_pt2") from None
+                           "torch.export.save", code=ErrorCode.not_pt2) from None
     with zf:
         prefix = _archive_prefix(zf.infolist())
         _check_single_program(zf.infolist(), prefix, "archive")  # by name: the clearest reason comes first
         infos = _checked_entries(zf, max_bytes, "archive")
-        program = _check_members(zf, infos, prefix, max_bytes, _Budget(), "archive")
-        return (*_signature(program), layer_count(_dig(program, "graph_module")))
-
-
-def _summary(path: Path, max_bytes: int) -> dict:
-    """What the gateway's check (service/modelcheck.py) reads from a child process: the program's inputs,
-    outputs, call targets and layers as JSON; or {"refused": reason, "code": code}."""
-    try:
-        inputs, outputs, targets, layers = describe_pt2(path, max_bytes)
-    except InvalidModel as e:
-        return {"refused": e.message, "code": e.code}
-    return {"inputs": [t.model_dump() for t in inputs], "outputs": [t.model_dump() for t in outputs],
-            "targets": targets, "layers": layers}
-
-
-if __name__ == "__main__":  # python -m core.sandbox ... core.pt2check FILE MAX_BYTES (service/modelcheck.py)
-    import sys
-
-    print(json.dumps(_summary(Path(sys.argv[1]), int(sys.argv[2]))))
+        return _check_members(zf, infos, prefix, max_bytes, _Budget(), "archive")

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from core import sandbox
-from core.errors import BudgetExceeded, ParetoError
+from core.errors import BudgetExceeded, ErrorCode, ParetoError
 from core.recipe import Target
 from core.report import Fidelity, Latency, Metrics
 from core.sandbox import Limits
 from core.settings import get_settings
-from workers import budget
-from workers.quality import quality
+from workers.engine import budget
+from workers.measure.quality import cosine, quality, top1_agreement
 
 PROBE_TIMEOUT_S = 1800
 
@@ -34,7 +34,7 @@ def providers_for(target: Target) -> list[str]:
     wanted += ["CUDAExecutionProvider"]
     missing = [p for p in wanted if p not in ort.get_available_providers()]
     if missing:
-        raise ParetoError(f"this worker has no {', '.join(missing)}", code="target_unavailable")
+        raise ParetoError(f"this worker has no {', '.join(missing)}", code=ErrorCode.target_unavailable)
     return [*wanted, "CPUExecutionProvider"]
 
 
@@ -75,7 +75,7 @@ class Bench:
         return metrics, outputs, probe["notes"]
 
     def spec(self, model: Path) -> dict:
-        """What the probe (workers/probe.py) needs to measure `model` on this bench's target."""
+        """What the probe (workers/measure/probe.py) needs to measure `model` on this bench's target."""
         return {
             "model": str(model), "inputs": str(self.inputs_path),
             "outputs": str(self.workdir / f"{model.stem}.outputs.npz"),
@@ -89,35 +89,30 @@ class Bench:
         spec = self.spec(model)
         spec_path = self.workdir / f"{model.stem}.probe.json"
         spec_path.write_text(json.dumps(spec))
-        result = in_sandbox("workers.probe", [str(spec_path)], self.workdir / f"{model.stem}.scratch",
-                            "the model could not be run on the target", "model_run_failed", PROBE_TIMEOUT_S)
+        result = in_sandbox("workers.measure.probe", [str(spec_path)], self.workdir / f"{model.stem}.scratch",
+                            "the model could not be run on the target", ErrorCode.model_run_failed, PROBE_TIMEOUT_S)
         result["outputs_path"] = spec["outputs"]
         return result
 
 
 def in_sandbox(module: str, args: list[str], scratch: Path, failure: str, code: str, wall_s: float) -> dict:
     """A worker's child process on the job's data, within the job's budget (core/sandbox.py), stopped at once
-    when the job is cancelled or over budget (workers/budget.py)."""
+    when the job is cancelled or over budget (workers/engine/budget.py)."""
     s = get_settings()
     try:
         return sandbox.run(module, args, Limits(s.job_memory_bytes, s.job_cpu_s, wall_s), scratch, stop=budget.check)
     except sandbox.LimitExceeded as e:
         if e.which == "memory":
             raise BudgetExceeded(f"{failure}: it needed more than the job's {s.job_memory_bytes >> 20} MiB of "
-                                 "memory (PARETO_JOB_MEMORY_BYTES)", code="memory_budget_exceeded") from None
+                                 "memory (PARETO_JOB_MEMORY_BYTES)", code=ErrorCode.memory_budget_exceeded) from None
         if e.which == "cpu":
             raise BudgetExceeded(f"{failure}: it used more than the job's {s.job_cpu_s} s of CPU time "
-                                 "(PARETO_JOB_CPU_S)", code="cpu_budget_exceeded") from None
+                                 "(PARETO_JOB_CPU_S)", code=ErrorCode.cpu_budget_exceeded) from None
         raise ParetoError(f"{failure}: {e.message}", code=code) from None
 
 
 def fidelity(reference: np.ndarray, output: np.ndarray, classification: bool) -> Fidelity:
     n = min(len(reference), len(output))
-    a = reference[:n].reshape(n, -1).astype(np.float64)
-    b = output[:n].reshape(n, -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
-    top1 = None
-    if classification and reference.ndim == 2 and reference.shape[1] > 1:
-        top1 = float(np.mean(reference[:n].argmax(1) == output[:n].argmax(1)))
-    return Fidelity(top1_agreement=top1, cosine=float(cosine.mean()), max_abs_error=float(np.abs(a - b).max()))
+    diff = reference[:n].reshape(n, -1).astype(np.float64) - output[:n].reshape(n, -1).astype(np.float64)
+    return Fidelity(top1_agreement=top1_agreement(reference, output) if classification else None,
+                    cosine=cosine(reference, output), max_abs_error=float(np.abs(diff).max()))

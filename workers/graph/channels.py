@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from workers.onnxgraph import Graph, WeightOp
+from workers.graph.onnx_graph import Graph, WeightOp
 
 UNARY = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Gelu", "FastGelu", "Elu", "Selu", "HardSigmoid",
          "HardSwish", "Softplus", "Softsign", "Mish", "Identity", "Dropout", "Neg", "Abs", "Exp", "Sqrt",

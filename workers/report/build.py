@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.recipe import Goal
 from core.report import Candidate, Environment, Measurement, Report, VsBaseline
-from workers import goals as G
+from workers.measure import goals as G
 
 PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "paretoml")
 

@@ -13,20 +13,20 @@ from pathlib import Path
 import redis
 
 from core.assets import ModelRecord
-from core.errors import JobCancelled, ParetoError
+from core.errors import ErrorCode, JobCancelled, ParetoError
 from core.job import Job
 from core.objectstore import ObjectStore
 from core.queue import TRIALS_TASK, celery_client, queue_for
 from core.report import Candidate, Failure, Measurement, Report, SearchSummary
 from core.settings import Settings
-from workers import goals as G
-from workers.fleet import POLL_S, Fleet
-from workers.htmlreport import render
-from workers.plan import BASELINE, Plan
-from workers.pt2 import onnx_to_program
-from workers.report import build
-from workers.trials import Trials
-from workers.workspace import Workspace, measure_baseline, prepare, run_node
+from workers.engine.fleet import POLL_S, Fleet
+from workers.engine.plan import BASELINE, Plan
+from workers.engine.trials import Trials
+from workers.engine.workspace import Workspace, measure_baseline, prepare, run_node
+from workers.graph.program import onnx_to_program
+from workers.measure import goals as G
+from workers.report.build import build
+from workers.report.html import render
 
 Checkpoint = Callable[[int, int, str], None]  # (done, total, message); raises JobCancelled
 
@@ -109,7 +109,8 @@ class Coordinator:
                 continue
             for child in self.plan.descendants(node_id):
                 if child not in done and child not in failed:
-                    self.fleet.fail(self.plan.nodes[child], "parent_failed", f"{node_id} failed: {error['message']}")
+                    self.fleet.fail(self.plan.nodes[child], ErrorCode.parent_failed,
+                                    f"{node_id} failed: {error['message']}")
         for end in self.ends:
             if end in self.reported or (end not in done and end not in failed):
                 continue
@@ -164,7 +165,7 @@ def _outcome(c: Coordinator, fleet: Fleet, model: ModelRecord) -> Outcome:
     candidates = [Candidate(**done[n]) for n in c.plan.nodes if n in done]
     if not candidates:
         raise ParetoError("no candidate could be made: " + "; ".join(f"{k}: {v['message']}" for k, v in failed.items()),
-                          code="no_candidates")
+                          code=ErrorCode.no_candidates)
     target = job.recipe.target
     measurement = Measurement(
         device=target.device, runtime=target.runtime, providers=ws.bench.ran_on or ws.bench.providers,
@@ -204,7 +205,7 @@ def _artifacts(c: Coordinator, report: Report, model: ModelRecord, ws: Workspace
 
 def _as_program(onnx_path: Path, out: Path, model: ModelRecord, samples, candidate: Candidate) -> Path | None:
     """The candidate as a .pt2 too, when its operators have torch equivalents (quantized ones do not)."""
-    from workers.torchconv import UnsupportedOp
+    from workers.graph.torch_module import UnsupportedOp
 
     try:
         path = onnx_to_program(onnx_path, out, model.inputs, samples)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.channels import ChannelGroup, attention_heads
-from workers.onnxgraph import Graph
+from workers.graph.channels import ChannelGroup, attention_heads
+from workers.graph.onnx_graph import Graph
 
 FUSED = ("Attention", "SkipLayerNormalization", "BiasGelu", "EmbedLayerNormalization")
 

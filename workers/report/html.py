@@ -8,7 +8,7 @@ import html
 import io
 
 from core.report import Candidate, Report
-from workers import goals as G
+from workers.measure import goals as G
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}

@@ -6,8 +6,8 @@ from __future__ import annotations
 from core.recipe import Recipe
 from core.report import Candidate
 from core.search import Choice, apply, grid, recipe_paths, sample
-from workers import goals as G
-from workers.plan import Path_
+from workers.engine.plan import Path_
+from workers.measure import goals as G
 
 TPE_PARALLEL = 4  # trials proposed ahead of results, so that several workers have something to run
 

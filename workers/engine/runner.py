@@ -19,17 +19,17 @@ from pathlib import Path
 from billiard.exceptions import SoftTimeLimitExceeded
 
 from core.assets import AssetStore
-from core.errors import BudgetExceeded, JobCancelled, ParetoError, without_paths
+from core.errors import BudgetExceeded, ErrorCode, JobCancelled, ParetoError, without_paths
 from core.job import Artifact, Job, JobError, JobStatus, Progress
 from core.jobstore import JobStore, redis_client
 from core.objectstore import ObjectStore, job_prefix
 from core.settings import Settings, get_settings
-from workers import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
-from workers.budget import Budget
-from workers.fleet import POLL_S, Fleet
-from workers.pipeline import Stored, run_recipe
-from workers.webhooks import notify
-from workers.workspace import attach, run_node
+from workers.engine import telemetry  # noqa: F401  (JSON logs with the job's id and tenant, via Celery's signals)
+from workers.engine.budget import Budget
+from workers.engine.coordinator import Stored, run_recipe
+from workers.engine.fleet import POLL_S, Fleet
+from workers.engine.webhooks import notify
+from workers.engine.workspace import attach, run_node
 
 log = logging.getLogger("pareto.worker")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json"}
@@ -55,7 +55,7 @@ def _claim(jobs: JobStore, job_id: str, max_attempts: int) -> Job | None:
         attempts = job.attempts + 1
         if attempts > max_attempts:  # earlier deliveries died with their worker
             return job.moved_to(JobStatus.failed, attempts=job.attempts, error=JobError(
-                code="worker_lost",
+                code=ErrorCode.worker_lost,
                 message=f"the worker running this job was lost {job.attempts} times (out of memory, "
                         "killed, or node lost); not retried again"))
         return job.moved_to(JobStatus.running, attempts=attempts, progress=Progress(message="starting"))
@@ -107,20 +107,20 @@ def run_job(tenant: str, job_id: str) -> None:
         _finish(jobs, job_id, JobStatus.cancelled)
     except SoftTimeLimitExceeded:
         _finish(jobs, job_id, JobStatus.failed, error=JobError(
-            code="time_limit", message=f"the job ran longer than {settings.soft_time_limit_s} s"))
+            code=ErrorCode.time_limit, message=f"the job ran longer than {settings.soft_time_limit_s} s"))
     except ParetoError as e:
         log.warning("job %s failed: %s: %s", job_id, e.code, e.message)
         _finish(jobs, job_id, JobStatus.failed, error=JobError(code=e.code, message=without_paths(e.message)))
     except Exception as e:
         log.exception("job %s failed unexpectedly", job_id)
         _finish(jobs, job_id, JobStatus.failed, error=JobError(
-            code="internal_error", message=without_paths(f"unexpected {type(e).__name__}: {str(e)[:300]}")))
+            code=ErrorCode.internal_error, message=without_paths(f"unexpected {type(e).__name__}: {str(e)[:300]}")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _budget(jobs: JobStore, job: Job, settings: Settings) -> Budget:
-    """The job's CPU and memory budget and its cancellation, watched while it runs (workers/budget.py)."""
+    """The job's CPU and memory budget and its cancellation, watched while it runs (workers/engine/budget.py)."""
     def cancelled() -> bool:
         current = jobs.load(job.id)
         return (current is None or current.cancel_requested or current.status is not JobStatus.running

@@ -1,5 +1,5 @@
-"""Measures one model on the target, in a process of its own (core/sandbox.py, workers/measure.py):
-`python -m workers.probe spec.json`.
+"""Measures one model on the target, in a process of its own (core/sandbox.py, workers/measure/bench.py):
+`python -m workers.measure.probe spec.json`.
 
 A fresh process gives a clean peak-memory reading (VmHWM minus the resident size before the session
 was made), keeps a crashing model from taking the worker down, and holds what reading the file costs
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from workers.modelstats import static_metrics
+from workers.measure.stats import static_metrics
 
 
 def _status_kb(field: str) -> int:
@@ -45,11 +45,11 @@ def _onnxruntime(spec: dict):
 
 
 def _torch(spec: dict):
-    """The ONNX graph run by torch eager (workers/torchconv.py), on the target's device."""
+    """The ONNX graph run by torch eager (workers/graph/torch_module.py), on the target's device."""
     import onnx
     import torch
 
-    from workers.torchconv import OnnxModule
+    from workers.graph.torch_module import OnnxModule
 
     torch.set_num_threads(spec["threads"])
     device = torch.device("cuda" if spec.get("device") == "cuda" and torch.cuda.is_available() else "cpu")
@@ -68,7 +68,7 @@ def _torch(spec: dict):
 def runner(spec: dict):
     """(run, providers, note): torch eager when the target asks for it and the graph allows it."""
     if spec.get("runtime") == "torch":
-        from workers.torchconv import UnsupportedOp
+        from workers.graph.torch_module import UnsupportedOp
 
         try:
             return (*_torch(spec), None)

@@ -12,16 +12,16 @@ import numpy as np
 import onnx
 
 from core.assets import TensorSpec
-from core.errors import InvalidModel
-from core.pt2check import describe_pt2
+from core.checks.pt2_safety import checked_program
+from core.errors import ErrorCode, InvalidModel
 
 CONVERT_TIMEOUT_S = 1800
 
 
 def load_program(path: Path, max_bytes: int):
     """torch.export.load, but only for an archive whose every pickle the weights-only loader accepts:
-    torch.export.load retries unsafely when its safe load fails (DESIGN.md, security rules)."""
-    describe_pt2(path, max_bytes)
+    torch.export.load retries unsafely when its safe load fails (docs/architecture.md, security rules)."""
+    checked_program(path, max_bytes)
     import torch
 
     return torch.export.load(str(path))
@@ -49,16 +49,16 @@ def _scoped_names(model: onnx.ModelProto) -> None:
 def program_to_onnx(src: Path, out: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
                     samples: dict[str, np.ndarray], max_bytes: int) -> Path:
     """The uploaded program as ONNX. torch.export.load reads an untrusted file: it runs in a child process
-    within the job's budget (workers/measure.py `in_sandbox`), stopped at once if the job is cancelled."""
-    from workers.measure import in_sandbox
+    within the job's budget (workers/measure/bench.py `in_sandbox`), stopped at once if the job is cancelled."""
+    from workers.measure.bench import in_sandbox
 
     spec = out.parent / f"{out.stem}.convert.json"
     example = out.parent / f"{out.stem}.example.npz"
     np.savez(example, *[np.ascontiguousarray(samples[s.name][:2]) for s in inputs])
     spec.write_text(json.dumps({"src": str(src), "out": str(out), "example": str(example), "max_bytes": max_bytes,
                                 "inputs": [s.name for s in inputs], "outputs": [s.name for s in outputs]}))
-    found = in_sandbox("workers.pt2", [str(spec)], out.parent / f"{out.stem}.scratch",
-                       "the program could not be converted to ONNX", "conversion_failed", CONVERT_TIMEOUT_S)
+    found = in_sandbox("workers.graph.program", [str(spec)], out.parent / f"{out.stem}.scratch",
+                       "the program could not be converted to ONNX", ErrorCode.conversion_failed, CONVERT_TIMEOUT_S)
     if "refused" in found:
         raise InvalidModel(found["refused"], code=found["code"])
     return out
@@ -78,7 +78,7 @@ def _convert(spec: dict) -> dict:
         return {"refused": e.message, "code": e.code}
     except Exception as e:
         return {"refused": f"the program could not be converted to ONNX: {type(e).__name__}: {str(e)[:300]}",
-                "code": "conversion_failed"}
+                "code": ErrorCode.conversion_failed}
     model = onnx.load(spec["out"])
     _scoped_names(model)
     onnx.save(model, spec["out"])
@@ -90,7 +90,7 @@ def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dic
     dynamic. Raises UnsupportedOp for graphs with onnxruntime-only (e.g. quantized) operators."""
     import torch
 
-    from workers.torchconv import OnnxModule, named
+    from workers.graph.torch_module import OnnxModule, named
 
     module = named(OnnxModule(onnx.load(str(src))).eval())
     args = tuple(torch.from_numpy(np.ascontiguousarray(samples[s.name][:2])) for s in inputs)
@@ -103,5 +103,5 @@ def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dic
     return out
 
 
-if __name__ == "__main__":  # python -m core.sandbox ... workers.pt2 SPEC.json (program_to_onnx)
+if __name__ == "__main__":  # python -m core.sandbox ... workers.graph.program SPEC.json (program_to_onnx)
     print(json.dumps(_convert(json.loads(Path(sys.argv[1]).read_text()))))

@@ -36,10 +36,31 @@ def macro_f1(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.where(both > 0, 2 * tp / np.maximum(both, 1), 1.0)))
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Each sample's cosine similarity, the one definition every measurement uses: two all-zero samples are
+    the same (1), an all-zero sample and another are not (0)."""
+    n = min(len(a), len(b))
+    a, b = a[:n].reshape(n, -1).astype(np.float64), b[:n].reshape(n, -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-    return float(np.mean((a * b).sum(1) / norms))
+    return float(np.mean(cosines(a, b)))
+
+
+def top1_agreement(reference: np.ndarray, output: np.ndarray) -> float | None:
+    """How often a classifier's answer is the reference's; None for outputs that are not class scores."""
+    if reference.ndim != 2 or reference.shape[1] < 2:
+        return None
+    n = min(len(reference), len(output))
+    return float(np.mean(reference[:n].argmax(1) == output[:n].argmax(1)))
+
+
+def agreement(reference: np.ndarray, output: np.ndarray, classification: bool) -> float:
+    """One number for how faithful `output` is: top-1 agreement for a classifier, else the mean cosine."""
+    top1 = top1_agreement(reference, output) if classification else None
+    return cosine(reference, output) if top1 is None else top1
 
 
 def quality(output: np.ndarray, labels: np.ndarray | None, metrics: list[str]) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""The training loop and the augmentation that distillation, fine-tuning, QAT and growth share."""
