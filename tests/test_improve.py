@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import artifacts, candidate, dataset, npz_bytes, submit, upload, wait_until
+from tests.helpers import artifacts, candidate, npz_bytes, submit, upload_dataset, upload_model, wait_until
 from tests.stack import wait_job
 
 
@@ -85,8 +85,8 @@ def test_training_reports_epochs_and_stops_when_cancelled(api, digits_job):
 
 @pytest.mark.slow
 def test_minilm_half_depth_student_learns_from_the_teacher(api, minilm):
-    model = upload(api, minilm["onnx"], "onnx")
-    data = dataset(api, minilm["all"])  # 256 real sentences: 205 to train on, 51 held out
+    model = upload_model(api, minilm["onnx"], "onnx")
+    data = upload_dataset(api, minilm["all"])["id"]  # 256 real sentences: 205 to train on, 51 held out
     recipe = {"steps": [{"drop_layers": {"keep_every": 2}},
                         {"distill": {"epochs": 1, "lr": 0.0001, "batch_size": 16, "freeze": ["*embeddings*"]}}]}
     job, report = submit(api, model, data, recipe, timeout=900)

@@ -12,21 +12,9 @@ import onnx
 import onnxruntime as ort
 
 from core.settings import DEV_S3_ACCESS_KEY, DEV_S3_SECRET_KEY
+from tests.helpers import upload_dataset, upload_model
 from tests.stack import wait_job
-from workers.modelstats import count_params
-
-
-def upload_model(client, path, name="digits-mlp") -> dict:
-    r = client.post("/v1/models", params={"name": name, "format": "onnx"}, content=path.read_bytes(),
-                    headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def upload_dataset(client, path) -> dict:
-    r = client.post("/v1/datasets", files={"file": (path.name, path.read_bytes(), "application/octet-stream")})
-    assert r.status_code == 201, r.text
-    return r.json()
+from workers.measure.stats import count_params
 
 
 def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:

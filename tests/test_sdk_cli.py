@@ -450,7 +450,7 @@ def test_worker_gpu_memory_is_published(services):
 
     from core import metrics
     from service.metrics import exposition
-    from workers import telemetry
+    from workers.engine import telemetry
 
     block = torch.empty(64 * 1024 * 1024, dtype=torch.uint8, device="cuda")
     memory = telemetry.gpu_memory()

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from tests.helpers import dataset, submit, upload
+from tests.helpers import other_database, submit, upload_dataset, upload_model
 from tests.stack import wait_job
 
 SPACE = {"steps": [{"prune": {"method": "structured", "ratio": [0.3, 0.5, 0.7]}},
@@ -132,15 +132,11 @@ def test_accuracy_aware_fallback_keeps_sensitive_layers_in_float(api, digits_job
 @pytest.fixture(scope="module")
 def fleet(services, tmp_path_factory):
     """Two workers with a short node lease, so that a lost worker's candidate is rerun within seconds."""
-    import re
-
     from tests.stack import Stack
-    from tests.test_worker_loss import neighbour
 
     redis_url, s3_url, _ = services
-    db = re.sub(r"/(\d+)$", lambda m: f"/{neighbour(neighbour(int(m.group(1))) )}", redis_url)
-    redis.Redis.from_url(db).flushdb()
-    s = Stack.start(tmp_path_factory.mktemp("fleet"), db, s3_url, workers=2, PARETO_NODE_LEASE_S=8)
+    s = Stack.start(tmp_path_factory.mktemp("fleet"), other_database(redis_url, 2), s3_url, workers=2,
+                    PARETO_NODE_LEASE_S=8)
     yield s
     s.stop()
 
@@ -148,7 +144,7 @@ def fleet(services, tmp_path_factory):
 @pytest.mark.slow
 def test_a_worker_lost_mid_search_loses_no_candidate(fleet, digits_cnn):
     with fleet.client() as api:
-        model, data = upload(api, digits_cnn["onnx"], "onnx"), dataset(api, digits_cnn["all"])
+        model, data = upload_model(api, digits_cnn["onnx"], "onnx"), upload_dataset(api, digits_cnn["all"])["id"]
         recipe = {**SPACE, "steps": [SPACE["steps"][0], {"distill": {"epochs": 15, "lr": 0.002}},
                                      SPACE["steps"][2]]}
         job = api.post("/v1/jobs", json={"model_id": model["id"], "dataset_id": data, "recipe": recipe}).json()

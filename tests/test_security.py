@@ -22,11 +22,11 @@ from onnx import TensorProto, helper
 
 from service.auth import key_id
 from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import problem, refused_upload, relu_model, upload_dataset, upload_model
+from tests.hostile import planted_sample_inputs, rewrite, stack_global_pickle
 from tests.stack import Stack, wait_job
-from tests.test_api_errors import problem
-from tests.test_jobs_e2e import upload_dataset, upload_model
 from tests.webhook_receiver import Receiver
-from workers.webhooks import verify
+from workers.engine.webhooks import verify
 
 # --------------------------------------------------------------------------------------------------
 # hostile uploads: 422 with a stable code, in bounded time, and nothing listed
@@ -35,15 +35,6 @@ from workers.webhooks import verify
 
 def onnx_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
-
-
-def relu_model(nodes: int = 1) -> onnx.ModelProto:
-    names = ["x", *[f"t{i}" for i in range(nodes - 1)], "y"]
-    graph = helper.make_graph(
-        [helper.make_node("Relu", [names[i]], [names[i + 1]]) for i in range(nodes)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def with_external(location: str | None) -> bytes:
@@ -57,16 +48,6 @@ def with_external(location: str | None) -> bytes:
             t.external_data.add(key=k, value=v)
     model.graph.initializer.append(t)
     return onnx_bytes(model)
-
-
-def refused_upload(client, content: bytes, code: str, fmt: str = "onnx", path: str = "/v1/models") -> dict:
-    before = {m["id"] for m in client.get(path).json()}
-    started = time.monotonic()
-    params = {"format": fmt} if path == "/v1/models" else {}
-    body = problem(client.post(path, params=params, content=content), 422, code)
-    assert time.monotonic() - started < 60  # refused in bounded time
-    assert {m["id"] for m in client.get(path).json()} == before  # and nothing listed
-    return body
 
 
 def test_inline_control_model_is_accepted(client):
@@ -88,7 +69,7 @@ def test_truncated_and_malformed_protobufs_are_refused(client):
 
 
 def test_an_absurd_node_count_is_refused(client):
-    from service.modelcheck import MAX_NODES
+    from core.checks.model import MAX_NODES
 
     body = refused_upload(client, onnx_bytes(relu_model(MAX_NODES + 1)), "invalid_model")
     assert f"limit is {MAX_NODES}" in body["detail"]
@@ -105,7 +86,6 @@ def pt2_archive(tmp_path_factory):
 
 
 def test_pt2_with_a_planted_pickle_is_refused(client, pt2_archive, tmp_path):
-    from tests.unit.test_pt2check import planted_sample_inputs, rewrite, stack_global_pickle
 
     marker = tmp_path / "ran"
     hostile = planted_sample_inputs(pt2_archive, tmp_path / "a.pt2", f": > {marker}")
@@ -118,7 +98,6 @@ def test_pt2_with_a_planted_pickle_is_refused(client, pt2_archive, tmp_path):
 
 
 def test_pt2_zip_bomb_and_symlink_are_refused(client, pt2_archive, tmp_path):
-    from tests.unit.test_pt2check import rewrite
 
     bomb = zipfile.ZipInfo("seq/extra/bomb")
     bomb.compress_type = zipfile.ZIP_DEFLATED

@@ -7,17 +7,17 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import FAST, artifacts, dataset, metrics, run_job, run_onnx, run_pt2, upload
+from tests.helpers import FAST, artifacts, metrics, run_job, run_onnx, run_pt2, upload_dataset, upload_model
 from tests.stack import wait_job
 
 
 @pytest.fixture(scope="module")
 def cnn(api, digits_cnn):
     """The digits CNN uploaded in both formats, and its held-out digits."""
-    data = dataset(api, digits_cnn["data"])
+    data = upload_dataset(api, digits_cnn["data"])["id"]
     with np.load(digits_cnn["data"]) as d:
         feed = {"x": d["x"][:16]}
-    return {fmt: upload(api, digits_cnn[fmt], fmt) for fmt in ("onnx", "pt2")}, data, feed
+    return {fmt: upload_model(api, digits_cnn[fmt], fmt) for fmt in ("onnx", "pt2")}, data, feed
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
@@ -123,7 +123,7 @@ def test_exclusion_globs_keep_layers_in_float(api, cnn):
 
 
 def test_drop_layers_in_a_sequential_stack(api, digits):
-    model = upload(api, digits[0], "onnx")  # the digits MLP: its 1024 -> 1024 block can go
+    model = upload_model(api, digits[0], "onnx")  # the digits MLP: its 1024 -> 1024 block can go
     assert model["layers"] == 1
     job, report = run_job(api, model, None, [{"drop_layers": {"drop": [0]}}])
     assert metrics(report, "c1")["params"] < 0.1 * metrics(report, "baseline")["params"]
@@ -131,7 +131,7 @@ def test_drop_layers_in_a_sequential_stack(api, digits):
 
 
 def test_int4_weight_only_on_matmul_weights(api, digits):
-    model = upload(api, digits[0], "onnx")  # the digits MLP: 1.1 M MatMul weights
+    model = upload_model(api, digits[0], "onnx")  # the digits MLP: 1.1 M MatMul weights
     job, report = run_job(api, model, None, [{"quantize": {"mode": "weight_only", "dtype": "int4"}}])
     assert report["baseline"]["metrics"]["size_bytes"] / metrics(report, "c1")["size_bytes"] >= 6
     ops = {n.op_type for n in onnx.load_from_string(artifacts(api, job)["model.onnx"]).graph.node}
@@ -154,12 +154,12 @@ def test_unsupported_step_is_refused_at_submit(api, cnn):
 def sentences(api, minilm):
     with np.load(minilm["data"]) as d:
         feed = {k: d[k][:4] for k in ("input_ids", "attention_mask")}
-    return dataset(api, minilm["data"]), feed
+    return upload_dataset(api, minilm["data"])["id"], feed
 
 
 def test_minilm_int8_and_structured_pruning_onnx(api, minilm, sentences):
     data, feed = sentences
-    model = upload(api, minilm["onnx"], "onnx")
+    model = upload_model(api, minilm["onnx"], "onnx")
     assert model["layers"] == 6 and "MatMul" in model["operators"]
     job, report = run_job(api, model, data, [{"quantize": {"mode": "auto"}}])
     assert report["baseline"]["metrics"]["size_bytes"] / metrics(report, "c1")["size_bytes"] >= 3.5
@@ -188,7 +188,7 @@ def op_types(blob: bytes) -> set[str]:
 
 def test_minilm_pt2_depth_rank_and_int4(api, minilm, sentences):
     data, feed = sentences
-    model = upload(api, minilm["pt2"], "pt2")
+    model = upload_model(api, minilm["pt2"], "pt2")
     assert model["format"] == "pt2" and model["layers"] == 6
     assert [i["name"] for i in model["inputs"]] == ["input_ids", "attention_mask"]
     steps = [{"drop_layers": {"keep_every": 2}}, {"factorize": {"rank_ratio": 0.5}},

@@ -7,29 +7,18 @@ takes seconds rather than the production hour.
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
+from tests.helpers import SLOW_TARGET, other_database, upload_model
 from tests.stack import Stack, wait_job
-from tests.test_cancel import SLOW_TARGET
-from tests.test_jobs_e2e import upload_model
-
-
-def neighbour(db: int) -> int:
-    """Another Redis database than the suite's: the one below it (or 1 when the suite uses 0)."""
-    return db - 1 if db > 0 else 1
 
 
 @pytest.fixture(scope="module")
 def fragile(services, tmp_path_factory):
     redis_url, s3_url, _ = services
-    other_db = re.sub(r"/(\d+)$", lambda m: f"/{neighbour(int(m.group(1)))}", redis_url)
-    import redis
-
-    redis.Redis.from_url(other_db).flushdb()
-    s = Stack.start(tmp_path_factory.mktemp("fragile"), other_db, s3_url, workers=2,
+    s = Stack.start(tmp_path_factory.mktemp("fragile"), other_database(redis_url, 1), s3_url, workers=2,
                     PARETO_VISIBILITY_TIMEOUT_S=25, PARETO_TASK_TIME_LIMIT_S=20, PARETO_MAX_ATTEMPTS=2,
                     PARETO_RESTORE_INTERVAL_S=1)
     yield s

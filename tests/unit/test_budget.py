@@ -1,4 +1,4 @@
-"""workers/budget.py: a job stopped by its watcher, whether it runs Python, waits on a child, or is stuck
+"""workers/engine/budget.py: a job stopped by its watcher, whether it runs Python, waits on a child, or is stuck
 inside native code."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from core.errors import BudgetExceeded, JobCancelled
 from core.settings import Settings
-from workers import budget
-from workers.budget import Budget
+from workers.engine import budget
+from workers.engine.budget import Budget
 
 
 def settings(**kw) -> Settings:
@@ -72,7 +72,7 @@ def test_a_job_stuck_in_native_code_ends_its_process_after_the_grace(tmp_path):
     code = textwrap.dedent(f"""
         import time
         from core.settings import Settings
-        from workers.budget import Budget
+        from workers.engine.budget import Budget
         def give_up(reason):
             open({str(marker)!r}, "w").write(reason.code)
         with Budget("j", Settings(PARETO_CANCEL_GRACE_S=1), lambda: True, give_up):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -22,3 +23,17 @@ def test_every_setting_is_in_the_readme_table():
     for field in Settings.model_fields.values():
         variable = field.validation_alias.choices[0]
         assert f"`{variable}`" in readme, f"{variable} is not documented in README.md"
+
+
+def test_every_path_the_docs_name_exists():
+    """README.md and docs/ name files and folders of this repository only, and those exist."""
+    root = README.parent
+    texts = [README, *sorted((root / "docs").rglob("*.md"))]
+    missing = []
+    for doc in texts:
+        for path in re.findall(r"`((?:core|service|workers|cli|sdk|tests|bench|examples|docs|k8s)/[\w./-]*)`",
+                               doc.read_text()):
+            if not (root / path.rstrip("/")).exists():
+                missing.append(f"{doc.name}: {path}")
+        assert "../shared" not in doc.read_text(), f"{doc.name} names a file outside the repository"
+    assert not missing, missing

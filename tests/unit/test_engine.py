@@ -18,12 +18,12 @@ from core.settings import Settings
 from core.steps.grow import Grow
 from core.steps.prune import Prune
 from core.steps.training import Augment
-from workers.augment import augment
-from workers.handle import ModelHandle, StepContext
-from workers.inputs import job_data
-from workers.quality import macro_f1, quality
+from workers.engine.data import job_data
+from workers.graph.torch_module import OnnxModule
+from workers.measure.quality import macro_f1, quality
 from workers.steps import apply_step
-from workers.torchconv import OnnxModule
+from workers.steps.context import ModelHandle, StepContext
+from workers.training.augment import augment
 
 SPECS = [TensorSpec(name="x", dtype="float32", shape=["batch", 1, 6, 6])]
 

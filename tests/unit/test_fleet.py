@@ -7,8 +7,8 @@ import secrets
 import pytest
 import redis
 
-from workers.fleet import Fleet, critical_paths
-from workers.plan import BASELINE, Node
+from workers.engine.fleet import Fleet, critical_paths
+from workers.engine.plan import BASELINE, Node
 
 
 def node(i: str, parent: str, item: dict) -> Node:
@@ -75,7 +75,7 @@ def test_a_helper_compares_with_the_baseline_once_its_outputs_are_shared(service
 
     from core.objectstore import ObjectStore
     from core.settings import Settings
-    from workers.workspace import baseline_outputs
+    from workers.engine.workspace import baseline_outputs
 
     fleet = Fleet(redis.Redis.from_url(services[0]), f"j_{secrets.token_hex(8)}", 1)
     objects = ObjectStore(Settings(S3_ENDPOINT_URL=services[1], S3_BUCKET="pareto"))

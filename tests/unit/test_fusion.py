@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from workers.fusion import fuse_transformer
+from workers.graph.fusion import fuse_transformer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

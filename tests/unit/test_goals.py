@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from core.recipe import Goal
 from core.report import Candidate, Fidelity, Latency, Metrics
-from workers import goals as G
+from workers.measure import goals as G
 
 
 def cand(cid, size, p50, accuracy=None, cosine=1.0) -> Candidate:

@@ -6,7 +6,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from core.steps.quantize import Quantize
-from workers.onnxgraph import tidy_quantized
+from workers.graph.onnx_graph import tidy_quantized
 from workers.steps.quantize import dynamic
 
 

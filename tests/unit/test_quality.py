@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from workers.quality import macro_f1
+from workers.measure.quality import macro_f1
 
 
 def loop_macro_f1(predicted: np.ndarray, labels: np.ndarray) -> float:
@@ -64,3 +64,12 @@ def test_macro_f1_is_linear_in_distinct_labels():
     score = macro_f1(predicted, labels)
     assert time.perf_counter() - started < 0.5
     assert 0.4 < score < 0.8
+
+
+def test_every_measurement_uses_one_cosine_with_one_rule_for_zero_outputs():
+    from workers.measure.bench import fidelity
+    from workers.measure.quality import agreement, cosine
+
+    zero, one = np.zeros((2, 3)), np.ones((2, 3))
+    assert cosine(zero, zero) == agreement(zero, zero, False) == fidelity(zero, zero, False).cosine == 1.0
+    assert cosine(zero, one) == agreement(zero, one, False) == fidelity(zero, one, False).cosine == 0.0

@@ -80,7 +80,7 @@ def test_channel_spread_is_for_dynamic_per_channel_only():
 
 
 def test_a_variant_is_as_slow_as_it_is_at_its_worst_batch_size():
-    from workers.trial import Trial, slowness
+    from workers.measure.variants import Trial, slowness
 
     trials = {"fast at 1": Trial(1.0, {1: 10.0, 32: 130.0}), "fast at 32": Trial(1.0, {1: 11.0, 32: 100.0}),
               "even": Trial(1.0, {1: 10.2, 32: 102.0})}
@@ -90,8 +90,8 @@ def test_a_variant_is_as_slow_as_it_is_at_its_worst_batch_size():
 
 
 def test_the_float_model_is_kept_only_when_int8_is_clearly_slower(tmp_path):
+    from workers.measure.variants import Trial
     from workers.steps.quantize import FLOAT, quickest
-    from workers.trial import Trial
 
     files = {FLOAT: tmp_path / "float.onnx", "int8": tmp_path / "int8.onnx"}
     files[FLOAT].write_bytes(b"f" * 4000)
@@ -112,9 +112,9 @@ def _auto(tmp_path, **params):
     from core.assets import TensorSpec
     from core.recipe import Recipe
     from core.settings import Settings
-    from workers.handle import ModelHandle, StepContext
-    from workers.inputs import job_data
+    from workers.engine.data import job_data
     from workers.steps import apply_step
+    from workers.steps.context import ModelHandle, StepContext
 
     src = tmp_path / "m.onnx"
     _two_layers(src)

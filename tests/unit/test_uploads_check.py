@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from core.checks.dataset import inspect_npz
+from core.checks.model import inspect_onnx
 from core.errors import InvalidDataset, InvalidModel
-from service.datasetcheck import inspect_npz
-from service.modelcheck import inspect_onnx
 
 
 def tiny_model(**kw) -> onnx.ModelProto:

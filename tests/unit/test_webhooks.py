@@ -19,8 +19,8 @@ from core.job import Job, JobStatus
 from core.recipes import builtin_recipe
 from core.settings import Settings
 from tests.webhook_receiver import Receiver
-from workers import webhooks
-from workers.webhooks import _pinned, deliver, signature, verify
+from workers.engine import webhooks
+from workers.engine.webhooks import _pinned, deliver, signature, verify
 
 
 def settings(**kw) -> Settings:

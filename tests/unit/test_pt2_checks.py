@@ -25,9 +25,11 @@ import pytest
 import torch
 from torch.export import Dim
 
-from core import pt2check
+from core.checks import pt2_safety
+from core.checks.pt2_safety import check_pickle
+from core.checks.pt2_signature import inspect_pt2
 from core.errors import InvalidModel
-from core.pt2check import check_pickle, inspect_pt2
+from tests.hostile import planted_sample_inputs, reduce_pickle, rewrite, stack_global_pickle, swap_data_pkl
 
 LIMIT = 256 * 1024 * 1024
 MiB = 1024 * 1024
@@ -65,48 +67,6 @@ def member(path: Path, suffix: str) -> str:
     names = [n for n in zipfile.ZipFile(path).namelist() if n.endswith(suffix)]
     assert len(names) == 1, names
     return names[0]
-
-
-def rewrite(src: Path, dst: Path, replace: dict | None = None, add: dict | None = None) -> Path:
-    """A copy of `src` with members replaced (name suffix -> bytes, or a function of the old bytes)
-    and members added (name -> bytes or ZipInfo -> bytes), written with Python's zipfile."""
-    replace, add = replace or {}, add or {}
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for info in zin.infolist():
-            data = zin.read(info)
-            for suffix, new in replace.items():
-                if info.filename.endswith(suffix):
-                    data = new(data) if callable(new) else new
-            zout.writestr(info, data)
-        for name, data in add.items():
-            zout.writestr(name, data)
-    return dst
-
-
-def reduce_pickle(module: str, name: str, arg: str) -> bytes:
-    """Protocol 2: GLOBAL module.name, (arg,), REDUCE - i.e. module.name(arg) when unpickled."""
-    text = arg.encode()
-    return (b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(text).to_bytes(4, "little") + text
-            + b"\x85R.")
-
-
-def stack_global_pickle(module: str, name: str, arg: str, short: bool = False) -> bytes:
-    """Protocol 4: the callable named by two strings and STACK_GLOBAL, then REDUCE. Strings as
-    BINUNICODE, or as pickle.dumps writes them (SHORT_BINUNICODE) with `short`."""
-    def text(s: str) -> bytes:
-        if short:
-            return b"\x8c" + bytes([len(s)]) + s.encode()
-        return b"X" + len(s).to_bytes(4, "little") + s.encode()
-    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(arg) + b"\x85R."
-
-
-def swap_data_pkl(torch_save_zip: bytes, data_pkl: bytes) -> bytes:
-    """A torch.save zip with its data.pkl replaced (the storages stay)."""
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(torch_save_zip)) as zin, zipfile.ZipFile(out, "w") as zout:
-        for info in zin.infolist():
-            zout.writestr(info, data_pkl if info.filename.endswith("data.pkl") else zin.read(info))
-    return out.getvalue()
 
 
 def torch_save_bytes(obj) -> bytes:
@@ -241,8 +201,8 @@ def test_the_allowlist_is_a_subset_of_torchs_and_names_are_not_remapped():
     from torch._utils import IMPORT_MAPPING, NAME_MAPPING
     from torch._weights_only_unpickler import _get_allowed_globals
 
-    assert set(_get_allowed_globals()) >= pt2check.ALLOWED_GLOBALS
-    for full in pt2check.ALLOWED_GLOBALS:  # the name we check is the name torch and pickle resolve
+    assert set(_get_allowed_globals()) >= pt2_safety.ALLOWED_GLOBALS
+    for full in pt2_safety.ALLOWED_GLOBALS:  # the name we check is the name torch and pickle resolve
         module, name = full.rsplit(".", 1)
         for imports, names in ((IMPORT_MAPPING, NAME_MAPPING),
                                (_compat_pickle.IMPORT_MAPPING, _compat_pickle.NAME_MAPPING)):
@@ -251,7 +211,7 @@ def test_the_allowlist_is_a_subset_of_torchs_and_names_are_not_remapped():
 
 
 def test_the_checker_does_not_import_torch():
-    code = "import sys, core.pt2check; print('torch' in sys.modules)"
+    code = "import sys, core.checks.pt2_safety; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
@@ -313,12 +273,6 @@ def test_rebuild_from_type_with_a_foreign_type_is_refused():
 # ---------------------------------------------------------------------------------------------------
 # hostile archives
 # ---------------------------------------------------------------------------------------------------
-
-def planted_sample_inputs(src: Path, dst: Path, command: str) -> Path:
-    """(1) The sample inputs' data.pkl replaced by os.system(command)."""
-    evil = reduce_pickle("os", "system", command)
-    return rewrite(src, dst, replace={"data/sample_inputs/model.pt": lambda b: swap_data_pkl(b, evil)})
-
 
 def test_1_sample_inputs_calling_os_system_are_refused(archives, tmp_path):
     path = planted_sample_inputs(archives["seq"], tmp_path / "m.pt2", "true")
@@ -465,7 +419,7 @@ def test_a_shape_expression_that_is_python_code_is_refused(archives, tmp_path):
     "int_oo",
 ])
 def test_plain_sympy_expressions_pass(expr):
-    pt2check._check_sym_expr(expr, "m")
+    pt2_safety._check_sym_expr(expr, "m")
 
 
 @pytest.mark.parametrize("expr", [
@@ -475,7 +429,7 @@ def test_plain_sympy_expressions_pass(expr):
 ])
 def test_shape_expressions_that_could_run_code_are_refused(expr):
     with pytest.raises(InvalidModel) as e:
-        pt2check._check_sym_expr(expr, "m")
+        pt2_safety._check_sym_expr(expr, "m")
     assert e.value.code == "unsafe_graph"
 
 
@@ -485,8 +439,8 @@ def test_the_symbol_pattern_names_nothing_sympify_could_call():
     namespace: dict = {}
     exec("from sympy import *", namespace)  # what sympify evaluates in, plus builtins
     known = set(namespace) | set(dir(builtins))
-    assert not [n for n in known if pt2check._SYMBOL.fullmatch(n)]
-    for name in pt2check._SYMPY_NAMES & set(namespace):
+    assert not [n for n in known if pt2_safety._SYMBOL.fullmatch(n)]
+    for name in pt2_safety._SYMPY_NAMES & set(namespace):
         assert getattr(namespace[name], "__module__", "sympy").startswith("sympy"), name
 
 
@@ -502,9 +456,9 @@ def deflated(name: str) -> zipfile.ZipInfo:
 
 def reads(monkeypatch) -> list[tuple[str, int]]:
     """(member, bytes) of every member the checker reads whole (the 8-byte sniffs of unknown members
-    are left out), recorded from pt2check._read."""
+    are left out), recorded from pt2_safety._read."""
     log: list[tuple[str, int]] = []
-    real = pt2check._read
+    real = pt2_safety._read
 
     def recorded(zf, info, limit, where, n=None):
         data = real(zf, info, limit, where, n)
@@ -512,7 +466,7 @@ def reads(monkeypatch) -> list[tuple[str, int]]:
             log.append((info.filename, len(data)))
         return data
 
-    monkeypatch.setattr(pt2check, "_read", recorded)
+    monkeypatch.setattr(pt2_safety, "_read", recorded)
     return log
 
 
@@ -562,14 +516,14 @@ def test_10_the_bytes_parsed_across_members_are_capped(archives, tmp_path, monke
     """Members of at most 1 MiB escape the ratio limit; enough small pickles (any member torch could
     unpickle is read whole and parsed) add up to any amount. The checker stops at MAX_PARSED_BYTES,
     refusing each member before reading it."""
-    count = pt2check.MAX_PARSED_BYTES // MiB + 2
+    count = pt2_safety.MAX_PARSED_BYTES // MiB + 2
     body = string_pickle(MiB)
     path = rewrite(archives["seq"], tmp_path / "m.pt2",
                    add={deflated(f"seq/data/sample_inputs/p{i}.pt"): body for i in range(count)})
     assert path.stat().st_size < 2 * MiB
     log = reads(monkeypatch)
     refused_quickly(path, "archive_too_large", match="more than")
-    assert sum(n for _, n in log) <= pt2check.MAX_PARSED_BYTES
+    assert sum(n for _, n in log) <= pt2_safety.MAX_PARSED_BYTES
 
 
 def none_pickle(ops: int) -> bytes:
@@ -580,7 +534,7 @@ def none_pickle(ops: int) -> bytes:
 def test_11_pickle_opcodes_are_capped_across_the_archive(archives, tmp_path):
     """The review's archive: 96 KB of NONE pickles, each under the ratio limit, cost 91 s of CPU. The
     opcodes of all pickles of an archive are counted against MAX_PICKLE_OPS as they are run."""
-    per_member = pt2check.MAX_PICKLE_OPS // 4
+    per_member = pt2_safety.MAX_PICKLE_OPS // 4
     body = none_pickle(per_member)
     path = rewrite(archives["seq"], tmp_path / "m.pt2",
                    add={deflated(f"seq/data/sample_inputs/n{i}.pt"): body for i in range(12)})
@@ -591,7 +545,7 @@ def test_11_pickle_opcodes_are_capped_across_the_archive(archives, tmp_path):
 def test_11b_one_pickle_with_too_many_opcodes_is_refused_quickly():
     start = time.perf_counter()
     with pytest.raises(InvalidModel, match="opcodes") as e:
-        check_pickle(none_pickle(20 * pt2check.MAX_PICKLE_OPS), "x.pkl")
+        check_pickle(none_pickle(20 * pt2_safety.MAX_PICKLE_OPS), "x.pkl")
     assert e.value.code == "archive_too_large"
     assert time.perf_counter() - start < 5
 
@@ -650,7 +604,7 @@ def test_12_a_shape_expression_sympy_cannot_finish_evaluating_is_refused(archive
 def test_shape_expressions_too_large_to_evaluate_are_refused(expr):
     start = time.perf_counter()
     with pytest.raises(InvalidModel, match="sympy") as e:
-        pt2check._check_sym_expr(expr, "m")
+        pt2_safety._check_sym_expr(expr, "m")
     assert e.value.code == "unsafe_graph"
     assert time.perf_counter() - start < 1
 
@@ -672,7 +626,7 @@ def test_shape_expressions_too_large_to_evaluate_are_refused(expr):
     "Add(" + ", ".join(f"Symbol('s{i}', positive=True, integer=True)" for i in range(90)) + ")",
 ])
 def test_shape_expressions_torch_writes_pass(expr):
-    pt2check._check_sym_expr(expr, "m")
+    pt2_safety._check_sym_expr(expr, "m")
 
 
 class Reshapes(torch.nn.Module):
