@@ -103,5 +103,5 @@ def slowness(trials: dict[str, Trial]) -> dict[str, float]:
     return {label: max(t.latency_ms[b] / best[b] for b in batches) for label, t in trials.items()}
 
 
-def timings(trial: Trial) -> str:
+def latency_text(trial: Trial) -> str:
     return ", ".join(f"{t:.3f} ms at batch {b}" for b, t in trial.latency_ms.items()) or "not timed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from core.steps.optimize_graph import OptimizeGraph
 from workers.graph.fusion import described, fuse_transformer
-from workers.measure.variants import compare, slowness, timings
+from workers.measure.variants import compare, latency_text, slowness
 from workers.steps import implements
 from workers.steps.context import ModelHandle, StepContext
 
@@ -45,5 +45,6 @@ def _fused(src, ctx: StepContext):
     keep = same >= SAME and slow["fused"] < slow["unfused"]
     verdict = "applied" if keep else "left out"
     ctx.notes.append(f"optimize_graph: transformer fusion ({described(counts)}) {verdict}: fused "
-                     f"{timings(trials['fused'])}; unfused {timings(trials['unfused'])}; outputs' cosine {same:.5f}")
+                     f"{latency_text(trials['fused'])}; unfused {latency_text(trials['unfused'])}; "
+                     f"outputs' cosine {same:.5f}")
     return fused if keep else None

@@ -16,7 +16,7 @@ from core.steps.quantize import Quantize
 from workers.graph.fusion import described, fuse_transformer
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.measure.sensitivity import fallback_layers, quality_goals
-from workers.measure.variants import Trial, fidelities, latencies, slowness, timings
+from workers.measure.variants import Trial, fidelities, latencies, latency_text, slowness
 from workers.steps import implements
 from workers.steps.context import ModelHandle, StepContext
 
@@ -241,8 +241,9 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
     chosen = quickest(contenders, results, files)
     if p.keep_float_if_faster:
         chosen = quickest([chosen, FLOAT], results, files)
-    ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: " + "; ".join(
-        f"{v} fidelity {r.fidelity:.4f}, {timings(r)}, {files[v].stat().st_size} bytes" for v, r in results.items()))
+    figures = "; ".join(f"{v} fidelity {r.fidelity:.4f}, {latency_text(r)}, {files[v].stat().st_size} bytes"
+                        for v, r in results.items())
+    ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: {figures}")
     return None if chosen == FLOAT else (built[chosen], *variants[chosen])
 
 
