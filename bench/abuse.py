@@ -15,6 +15,7 @@ Target: B's job within 2x of its time alone, and every /readyz answer within 1 s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import sys
@@ -26,9 +27,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.service_stack import private_stack
-from tests.hostile import Silent, endless_pickles, export_small_program, huge_size_expression, many_programs
+from bench.service_stack import Sampler, private_stack
+from tests.hostile import endless_pickles, export_small_program, huge_size_expression, many_programs
 from tests.stack import wait_job
+from tests.webhook_receiver import Receiver
 
 
 def b_job(client: httpx.Client, model_id: str) -> float:
@@ -40,38 +42,28 @@ def b_job(client: httpx.Client, model_id: str) -> float:
     return time.monotonic() - started
 
 
-class Readiness:
-    """/readyz every 0.2 s in a thread: the slowest answer (a failure or a timeout counts as 5 s)."""
+class Readiness(Sampler):
+    """/readyz every 0.2 s, and /healthz after it: how long each took (a failure of /readyz counts as 5 s)."""
+
+    interval_s = 0.2
 
     def __init__(self, url: str):
+        super().__init__()
         self.url, self.times, self.at, self.health = url, [], [], []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.begun = time.monotonic()
 
-    def _run(self):
-        begun = time.monotonic()
-        while not self._stop.wait(0.2):
-            started = time.monotonic()
-            try:
-                ok = httpx.get(self.url + "/readyz", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            self.times.append(time.monotonic() - started if ok else 5.0)
-            self.at.append(started - begun)
-            started = time.monotonic()
-            try:
-                httpx.get(self.url + "/healthz", timeout=5)
-            except httpx.HTTPError:
-                pass
-            self.health.append(time.monotonic() - started)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        started = time.monotonic()
+        try:
+            ok = httpx.get(self.url + "/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        self.times.append(time.monotonic() - started if ok else 5.0)
+        self.at.append(started - self.begun)
+        started = time.monotonic()
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(self.url + "/healthz", timeout=5)
+        self.health.append(time.monotonic() - started)
 
 
 def slow_clients(url: str, count: int, stop: threading.Event, outcome: dict) -> None:
@@ -114,7 +106,7 @@ def tenant_a(stack, folder: Path, model_id: str, slow: int, stop: threading.Even
     files += [endless_pickles(pt2, folder / f"nones{i}.pt2") for i in range(3)]
     files += [huge_size_expression(pt2, folder / "pow.pt2")]
     outcome: dict = {"uploads": [], "slow": {}}
-    silent = Silent()
+    silent = Receiver(mode="hang", for_s=300)
     search = {"steps": [{"quantize": {"mode": "dynamic", "per_channel": [True] * 10_001}}],
               "search": {"sampler": "random", "max_trials": 20}}
 

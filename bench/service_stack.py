@@ -8,7 +8,6 @@ import contextlib
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,21 +44,21 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-class RssSampler:
-    """Samples a process's RSS every `interval_s` in a thread; `growth` is the peak over the start."""
+class Sampler:
+    """Calls `sample()` every `interval_s` in a thread, between `with` and its end."""
 
-    def __init__(self, pid: int, interval_s: float = 0.02):
-        self.pid, self.interval_s = pid, interval_s
-        self.baseline = rss_bytes(pid)
-        self.peak = self.baseline
+    interval_s = 0.02
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                self.peak = max(self.peak, rss_bytes(self.pid))
-            time.sleep(self.interval_s)
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self):
         self._thread.start()
@@ -68,6 +67,20 @@ class RssSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class RssSampler(Sampler):
+    """A process's RSS, sampled; `growth` is the peak over the start."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02):
+        super().__init__()
+        self.pid, self.interval_s = pid, interval_s
+        self.baseline = rss_bytes(pid)
+        self.peak = self.baseline
+
+    def sample(self) -> None:
+        with contextlib.suppress(OSError):
+            self.peak = max(self.peak, rss_bytes(self.pid))
 
     @property
     def growth(self) -> int:

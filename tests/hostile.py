@@ -4,9 +4,7 @@ bench/abuse.py."""
 from __future__ import annotations
 
 import io
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -105,33 +103,6 @@ def incomplete_shape_inference() -> onnx.ModelProto:
         [numpy_helper.from_array(np.array(0, np.int32), "axis")])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets)
-
-
-class Silent:
-    """A callback receiver that accepts the connection and never answers."""
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.hits = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                receiver.hits += 1
-                receiver.release.wait(300)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # --- .pt2 archives and pickles that torch.export.load would run -------------------------------

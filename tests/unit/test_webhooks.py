@@ -7,9 +7,7 @@ import ipaddress
 import json
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -146,50 +144,9 @@ def test_a_refusal_may_name_the_address_the_url_gave():
 # delivery off the job's worker, within PARETO_WEBHOOK_BUDGET_S
 # --------------------------------------------------------------------------------------------------
 
-class StalledReceiver:
-    """A receiver on 127.0.0.1 that takes the request and then hangs ("hang") or sends the start of an
-    answer one byte at a time ("drip"), until released or for `for_s` seconds; then it answers 200."""
-
-    def __init__(self, mode: str = "hang", for_s: float = 30):
-        self.requests: list[bytes] = []
-        self.arrived, self.released = threading.Event(), threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                receiver.requests.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                receiver.arrived.set()
-                if mode == "drip":
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
-                    deadline = time.monotonic() + for_s
-                    while not receiver.released.wait(0.2) and time.monotonic() < deadline:
-                        self.wfile.write(b"a")  # every read gets a byte: no read ever times out
-                    self.wfile.write(b"\r\nContent-Length: 0\r\n\r\n")
-                    return
-                receiver.released.wait(for_s)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def stalled():
-    receiver = StalledReceiver()
+    receiver = Receiver(mode="hang")
     yield receiver
     receiver.close()
 
@@ -217,7 +174,7 @@ def test_notify_returns_at_once_and_the_callback_arrives_later(stalled, sender, 
     stalled.released.set()
     assert webhooks.drain(10)
     assert len(stalled.requests) == 1
-    assert json.loads(stalled.requests[0])["status"] == "failed"
+    assert json.loads(stalled.requests[0][2])["status"] == "failed"
     assert "callback for job j_0000000000000000000001 delivered (attempt 1)" in caplog.text
 
 
@@ -230,7 +187,7 @@ def test_the_budget_bounds_a_delivery_to_a_hanging_receiver(stalled):
 
 def test_the_budget_bounds_a_receiver_that_answers_a_byte_at_a_time():
     """httpx's timeouts are per read: each byte restarts them."""
-    receiver = StalledReceiver("drip", for_s=6)
+    receiver = Receiver(mode="drip", for_s=6)
     try:
         started = time.monotonic()
         assert not deliver(job(receiver.url), settings(PARETO_WEBHOOK_BUDGET_S=2, PARETO_WEBHOOK_TIMEOUT_S=1,
