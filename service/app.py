@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core.checks.model import prepare_checks
 from core.settings import Settings, get_settings
 from service import middleware, problems
 from service.deps import Backends
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         middleware.configure_logs()  # JSON lines with the request id, tenant and job id
+        prepare_checks()
         app.state.backends = Backends.connect(settings)
         if not len(app.state.backends.keys):
             log.warning("PARETO_API_KEYS is empty: every request will be refused with 401")

@@ -8,6 +8,7 @@ import signal
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
 
+from core import sandbox
 from core.queue import WARMED, celery_config
 from core.settings import get_settings
 
@@ -27,12 +28,15 @@ def _pool_children_ignore_sigterm(**_) -> None:
 
 @worker_process_init.connect
 def _warm_up(**_) -> None:
-    """What every job would otherwise pay on a fresh worker: torch's first training step, matplotlib."""
+    """What every job would otherwise pay on a fresh worker: torch's first training step, matplotlib, and
+the child processes that measure models and convert programs (core/sandbox.py)."""
     from workers.report import html
     from workers.training import loop
 
     loop.warm_up()
     html.pyplot()
+    for module in ("workers.measure.probe", "workers.graph.program"):  # their children, started ahead
+        sandbox.prepare(module)
     logging.getLogger(__name__).info(WARMED)
 
 

@@ -114,13 +114,23 @@ def onnx_equivalents(targets: list[str]) -> list[str]:
     return sorted({ATEN_AS_ONNX.get(n, n) for n in names})
 
 
+CHECKERS = {"onnx": "core.checks.model", "pt2": "core.checks.pt2_signature"}  # the module each format's child runs
+
+
+def prepare_checks() -> None:
+    """The checks' child processes started ahead (the gateway's start), so that the first upload waits for
+    none."""
+    for module in CHECKERS.values():
+        sandbox.prepare(module, sandbox.QUIET_THREADS)
+
+
 def inspect_model(path: Path, fmt: str, settings: Settings) -> dict:
     """{inputs, outputs, operators, layers} of an upload; InvalidModel with the reason if it is not one.
     The file is read in a process of its own (core/sandbox.py): a hostile or huge file costs that process,
     never the gateway's memory or CPU."""
     limits = Limits(CHECK_BASE_BYTES + CHECK_BYTES_PER_FILE_BYTE * path.stat().st_size, settings.check_cpu_s,
                     settings.check_timeout_s)
-    module = "core.checks.pt2_signature" if fmt == "pt2" else "core.checks.model"
+    module = CHECKERS[fmt]
     scratch = Path(tempfile.mkdtemp(prefix="check-", dir=path.parent))
     try:
         found = sandbox.run(module, [str(path), str(settings.max_upload_bytes)], limits, scratch,

@@ -16,9 +16,11 @@ ROOMY = Limits(memory_bytes=2 << 30, cpu_s=30, wall_s=60)
 
 
 def run_code(code: str, limits: Limits, tmp_path, stop=None) -> dict:
-    """`python -c code` in the sandbox, through a one-line module written into the scratch folder's parent."""
+    """`code` run in the sandbox as a module's main, written into the scratch folder's parent (the sandbox
+    imports a module before its call arrives: work belongs under `if __name__ == "__main__":`)."""
     module = tmp_path / "sandboxed_snippet.py"
-    module.write_text(code)
+    body = "\n".join("    " + line for line in code.splitlines())
+    module.write_text(f"if __name__ == '__main__':\n{body}\n")
     return sandbox.run("sandboxed_snippet", [], limits, tmp_path / "scratch", stop=stop,
                        env={"PYTHONPATH": str(tmp_path)})
 

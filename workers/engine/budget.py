@@ -83,8 +83,10 @@ def _stat(pid: int) -> tuple[float, int]:
 
 
 def _own_cpu() -> float:
+    """This process's CPU time, and that of the sandboxed children that have ended (core/sandbox.py counts
+    them: they are its zygotes' children, not this process's)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime  # children: those already waited for
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + sandbox.spent_cpu_s
 
 
 class Budget:

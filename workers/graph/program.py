@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxscript  # noqa: F401  (torch.onnx's exporter: imported here, so a child started ahead has it loaded)
+import torch
 
 from core.assets import TensorSpec
 from core.checks.pt2_safety import checked_program
@@ -22,8 +24,6 @@ def load_program(path: Path, max_bytes: int):
     """torch.export.load, but only for an archive whose every pickle the weights-only loader accepts:
     torch.export.load retries unsafely when its safe load fails (docs/architecture.md, security rules)."""
     checked_program(path, max_bytes)
-    import torch
-
     return torch.export.load(str(path))
 
 
@@ -66,8 +66,6 @@ def program_to_onnx(src: Path, out: Path, inputs: list[TensorSpec], outputs: lis
 
 def _convert(spec: dict) -> dict:
     """In the child: the archive checked again, loaded, exported to ONNX; {} or {"refused", "code"}."""
-    import torch
-
     try:
         program = load_program(Path(spec["src"]), spec["max_bytes"])
         with np.load(spec["example"]) as example:
@@ -88,8 +86,6 @@ def _convert(spec: dict) -> dict:
 def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dict[str, np.ndarray]) -> Path:
     """A .pt2 that computes what the ONNX model computes; dynamic dimensions of the original inputs stay
     dynamic. Raises UnsupportedOp for graphs with onnxruntime-only (e.g. quantized) operators."""
-    import torch
-
     from workers.graph.torch_module import OnnxModule, named
 
     module = named(OnnxModule(onnx.load(str(src))).eval())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import zlib
 from pathlib import Path
 
@@ -92,13 +94,26 @@ def _static_copy(model: onnx.ModelProto, dims: dict[str, list[int]]) -> onnx.Mod
     return copy
 
 
+@functools.cache
+def _symbolic():
+    """onnxruntime's SymbolicShapeInference, loaded from its own file: importing it as
+    onnxruntime.tools.symbolic_shape_infer runs the package's __init__, which imports torch when it is
+    installed (2 s in a fresh process), and the module needs none of it. Loaded when this module is imported,
+    so that the measuring processes' zygote (core/sandbox.py) has it, sympy included, before it forks."""
+    import onnxruntime
+
+    path = Path(onnxruntime.__file__).parent / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("pareto_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.SymbolicShapeInference
+
+
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """Shapes of every tensor: onnxruntime's symbolic inference knows its own operators (MatMulNBits,
     fused ops) and mixed-precision graphs; onnx's is the fallback."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
     try:
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+        return _symbolic().infer_shapes(model, auto_merge=True, guess_output_rank=True)
     except Exception:
         try:
             return shape_inference.infer_shapes(model, data_prop=True)
@@ -165,3 +180,6 @@ def static_metrics(path: Path, dims: dict[str, list[int]]) -> dict:
         "nonzero_params": nonzero,
         "macs": count_macs(model, dims),
     }
+
+
+_symbolic()
