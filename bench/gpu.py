@@ -12,7 +12,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from harness import digits_cnn, minilm
 
 from core.recipe import Recipe
@@ -38,10 +37,8 @@ def measure(ref, steps, accelerator: str, repeats: int, reference):
         "device": "cuda", "accelerator": accelerator, "batch_sizes": [1, 32], "repeats": repeats}})
     data = job_data(ref.data, ref.specs, recipe)
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    np.savez(work / "inputs.npz", **data.eval.inputs)
-    bench = Bench(work, work / "inputs.npz", recipe.target, 1, providers_for(recipe.target), None,
-                  data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
-                  ["accuracy"] if data.task == "classification" else [], data.task == "classification")
+    bench = Bench.of(data, work, recipe.target, 1, providers_for(recipe.target), None,
+                     ["accuracy"] if data.task == "classification" else [])
     handle = ModelHandle(ref.onnx)
     for i, step in enumerate(recipe.steps if steps else [], 1):
         ctx = StepContext(workdir=work / f"s{i}", settings=Settings(), inputs=ref.specs, data=data,

@@ -78,12 +78,9 @@ def _bench(ref: Reference, steps: list[dict], batches: list[int], repeats: int):
                                     "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
     data = job_data(ref.data, ref.specs, recipe)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    inputs = work / "inputs.npz"
-    np.savez(inputs, **data.eval.inputs)
     target: Target = recipe.target
-    bench = Bench(work, inputs, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
-                  data.eval.labels, {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()},
-                  ["accuracy"] if data.task == "classification" else [], data.task == "classification")
+    bench = Bench.of(data, work, target, resolve_threads(target, 0), ["CPUExecutionProvider"], None,
+                     ["accuracy"] if data.task == "classification" else [])
     return recipe, data, bench, work
 
 

@@ -20,13 +20,54 @@ class TensorSpec(BaseModel):
     name: str
     dtype: str  # numpy dtype name: float32, int64, ...
     shape: list[int | str | None]  # ints are fixed, strings are named dynamic dims, None unknown
+    batched: bool = Field(True, description="whether axis 0 carries the samples; an input without a batch axis "
+                          "(a recurrent state, a scalar, a fixed-size tensor) is fed as it is on every run")
+    value_range: list[int] | None = Field(None, description="[low, high): the values an integer input may take, "
+                                          "read from the graph (the rows of the table it indexes)")
 
     def sample_shape(self, fixed: dict[str, list[int]]) -> list[int]:
-        """The shape of one sample (batch dimension dropped), dynamic dimensions made concrete: by
-        `fixed` (the target's input_shapes) or DEFAULT_DYNAMIC_DIM."""
+        """The shape of one sample (batch dimension dropped; the whole shape of an input without one), dynamic
+        dimensions made concrete: by `fixed` (the target's input_shapes, honoured exactly) or
+        DEFAULT_DYNAMIC_DIM."""
         if self.name in fixed:
-            return list(fixed[self.name][1:])
-        return [d if isinstance(d, int) and d > 0 else DEFAULT_DYNAMIC_DIM for d in self.shape[1:]]
+            return list(fixed[self.name][1:] if self.batched else fixed[self.name])
+        dims = self.shape[1:] if self.batched else self.shape
+        return [d if isinstance(d, int) and d > 0 else DEFAULT_DYNAMIC_DIM for d in dims]
+
+    @property
+    def generable(self) -> bool:
+        """Whether samples can be made for this input without a dataset: floats and booleans; integers whose
+        range the graph shows, or that are named as token ids, masks or token types are."""
+        if not self.dtype.startswith(("int", "uint")) or self.value_range:
+            return True
+        return any(word in self.name.lower() for word in ("ids", "token", "mask", "type", "segment", "position"))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph fixes for this input, if it fixes one."""
+        lead = self.shape[0] if self.batched and self.shape else None
+        return lead if isinstance(lead, int) and lead > 0 else None
+
+
+def _dynamic(dim: int | str | None) -> bool:
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def mark_batch_axes(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> list[TensorSpec]:
+    """Which inputs carry the batch on axis 0. Where some input's first dimension is dynamic, the batch is
+    dynamic: inputs whose first dimension is dynamic carry it, and those whose first dimension is fixed (the
+    `h: [1, 1, 128]` state beside `input: [batch, 576]`) do not. Where every first dimension is fixed, the
+    graph fixes the batch: the inputs whose first dimension is the one most outputs start with carry it.
+    Scalars never do."""
+    if any(s.shape and _dynamic(s.shape[0]) for s in inputs):
+        batched = {s.name: bool(s.shape) and _dynamic(s.shape[0]) for s in inputs}
+    else:
+        leads = [o.shape[0] for o in outputs if o.shape and not _dynamic(o.shape[0])]
+        leads = leads or [s.shape[0] for s in inputs if s.shape]
+        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        batch = max(set(leads), key=lambda lead: (leads.count(lead), lead == first)) if leads else None
+        batched = {s.name: bool(s.shape) and s.shape[0] == batch for s in inputs}
+    return [s.model_copy(update={"batched": batched[s.name]}) for s in inputs]
 
 
 class ModelRecord(BaseModel):

@@ -87,6 +87,8 @@ class ErrorCode(StrEnum):
                        "mark samples for evaluation (split 1) or lower data.eval_fraction")
     inputs_too_large = ("inputs_too_large", 422, "client",
                         "fix dynamic dimensions with target.input_shapes, or use smaller batch sizes")
+    input_shapes_mismatch = ("input_shapes_mismatch", 422, "client",
+                             "give target.input_shapes only for the model's inputs, with their rank and fixed sizes")
     idempotency_key_reused = "idempotency_key_reused", 422, "client", "use a new Idempotency-Key for a new job"
     callback_url_refused = ("callback_url_refused", 422, "client",
                             "use a public http(s) address, or ask the operator to allowlist it")

@@ -146,3 +146,44 @@ def _strided(node: onnx.NodeProto) -> bool:
                 pads[i] + pads[i + len(kernel)] != k - 1 for i, k in enumerate(kernel)):
             return True
     return False
+
+
+# operators that pass an integer tensor's values on unchanged (only its shape or type changes)
+VALUE_PRESERVING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Transpose", "Expand"}
+
+
+def _table_rows(model: onnx.ModelProto) -> dict[str, int]:
+    """Rows of every constant table a Gather could index: initializers and Constant nodes."""
+    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            if value is not None and value.dims:
+                rows[n.output[0]] = value.dims[0]
+    return rows
+
+
+def integer_ranges(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """[0, rows) for each named input that indexes (along axis 0, through casts and reshapes) a constant
+    table: token ids into an embedding, bytes into a byte table. Any value outside would make the model
+    fail or read garbage, so generated inputs keep to it."""
+    rows = _table_rows(model)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    found = {}
+    for name in names:
+        tables, todo, seen = [], [name], set()
+        while todo:
+            tensor = todo.pop()
+            seen.add(tensor)
+            for n in consumers.get(tensor, []):
+                if n.op_type in VALUE_PRESERVING and n.input[0] == tensor:
+                    todo += [o for o in n.output if o not in seen]
+                elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == tensor and n.input[0] in rows:
+                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+                    tables.append(rows[n.input[0]] if axis == 0 else None)
+        if tables and None not in tables:
+            found[name] = [0, min(tables)]
+    return found

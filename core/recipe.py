@@ -106,6 +106,21 @@ def check_quality_metric(name: str) -> str:
     raise ValueError(f"unknown quality metric {name!r}; known: {', '.join(QUALITY_METRICS)}, top<k>_accuracy")
 
 
+class Generated(Strict):
+    """How float inputs are made when the job has no dataset (they also calibrate static int8 then)."""
+
+    distribution: Literal["normal", "uniform"] = Field(
+        "normal", description="normal: standard normal; uniform: in [low, high), e.g. image pixels [0, 1).")
+    low: float = 0.0
+    high: float = 1.0
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.distribution == "uniform" and not self.low < self.high:
+            raise ValueError("data.generated: low must be below high")
+        return self
+
+
 class Data(Strict):
     """How the job's dataset is split. An array named `split` in the dataset (0 train, 1 eval) overrides
     the random split."""
@@ -115,6 +130,7 @@ class Data(Strict):
         "a step trains, else 0 (every sample is evaluated).")
     calibration_samples: int = Field(256, ge=1, le=100_000, description="Training samples steps may calibrate on.")
     seed: int = Field(0, description="Seeds the split, training and generated inputs.")
+    generated: Generated = Field(default_factory=Generated, description="Inputs made when there is no dataset.")
     quality: list[str] | None = Field(
         None, description="Quality metrics to report: accuracy, top<k>_accuracy, macro_f1 (integer labels), "
         "mse, mae (regression), cosine (embedding labels). Default: chosen from the labels.")

@@ -9,14 +9,15 @@ _BUILTIN: dict[str, dict] = {
     "int8": {
         "description": (
             "8-bit integers, chosen by measurement: dynamic quantization (int8 weights, activations quantized "
-            "at run time) and, when the job has a dataset, static quantization calibrated on it (QDQ, and "
+            "at run time) and, when the job has a dataset or the model is mostly convolutions, static quantization "
+            "calibrated on the dataset or on generated inputs (data.generated; the report says so) (QDQ, and "
             "QOperator where the target is the CPU), each with one scale per output channel and one per tensor "
             "(dynamic also per channel only in the MatMul layers whose channels' ranges spread widely), are "
             "built; those that keep 99 % fidelity to the input model (top-1 agreement for classifiers, cosine "
             "otherwise) run on the target, and the fastest wins, the smaller file among equally fast ones. "
             "About 4x smaller. Use it for any model you want "
             "smaller and usually faster on CPU; give a dataset for convolutional networks (their fast int8 path "
-            "is static)."
+            "is static, and calibrates best on real inputs)."
         ),
         "steps": [{"quantize": {"mode": "auto", "dtype": "int8"}}],
     },

@@ -11,6 +11,8 @@ class Latency(BaseModel):
     p50: float
     p90: float
     p99: float
+    spread: float | None = Field(None, description="when timed side by side with the baseline: how far the "
+                                 "rounds' medians lay apart, (highest - lowest) / p50; p50 is their median")
 
 
 class Fidelity(BaseModel):
@@ -76,6 +78,8 @@ class Measurement(BaseModel):
     inputs: str  # "dataset" or "generated"
     samples: int  # evaluated on
     train_samples: int = 0  # trained on (held apart from the evaluated ones)
+    side_by_side_rounds: int = Field(0, description="rounds in which the baseline and the candidates were timed "
+                                     "again together, in one process: the p50s come from them")
 
 
 class Environment(BaseModel):
@@ -103,6 +107,15 @@ class SearchSummary(BaseModel):
     stopped: str | None = None  # why the search stopped early, if it did
 
 
+class Normalization(BaseModel):
+    """What the import normalization did to the uploaded graph before any step ran (the baseline is measured
+    as uploaded)."""
+
+    changed: bool = False
+    already_quantized: str | None = Field(None, description="how the uploaded graph is already quantized")
+    notes: list[str] = Field(default_factory=list)
+
+
 class Report(BaseModel):
     """Report v1 (GET /v1/schemas/report publishes this as JSON Schema)."""
 
@@ -118,6 +131,9 @@ class Report(BaseModel):
     regressions: list[str] = Field(default_factory=list, description="candidates slower than the baseline")
     failures: list[Failure] = Field(default_factory=list)
     search: SearchSummary | None = None
+    normalization: Normalization | None = None
+    why_baseline: list[str] = Field(default_factory=list, description="when the baseline is recommended: why each "
+                                    "candidate lost to it")
 
 
 SCHEMA_ID = f"https://pareto.dev/schemas/report/v{SCHEMA_VERSION}.json"

@@ -24,8 +24,9 @@ def run(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 def test_int8_end_to_end(client, digits, services):
     model_path, data_path = digits
     model = upload_model(client, model_path)
-    assert model["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 64]}]
-    assert model["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
+    assert model["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 64], "batched": True,
+                                "value_range": None}]
+    assert [(o["name"], o["dtype"], o["shape"]) for o in model["outputs"]] == [("logits", "float32", ["batch", 10])]
     assert model["sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
     dataset = upload_dataset(client, data_path)
     assert {a["name"] for a in dataset["arrays"]} == {"x", "labels"}

@@ -42,5 +42,6 @@ def test_a_200_mib_onnx_model_is_checked_outside_the_api(tmp_path):
         with RssSampler(s.api.popen.pid) as rss, open(path, "rb") as f:
             r = c.post("/v1/models", content=iter(lambda: f.read(1 << 20), b""), timeout=300)
         assert r.status_code == 201, r.text
-        assert r.json()["inputs"] == [{"name": "x", "dtype": "float32", "shape": [n]}]
+        assert r.json()["inputs"] == [{"name": "x", "dtype": "float32", "shape": [n], "batched": True,
+                                       "value_range": None}]
         assert rss.growth < 64 * MiB, rss.growth

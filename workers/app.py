@@ -35,7 +35,8 @@ the child processes that measure models and convert programs (core/sandbox.py)."
 
     loop.warm_up()
     html.pyplot()
-    for module in ("workers.measure.probe", "workers.graph.program"):  # their children, started ahead
+    # their children, started ahead
+    for module in ("workers.measure.probe", "workers.graph.program", "workers.graph.normalize"):
         sandbox.prepare(module)
     logging.getLogger(__name__).info(WARMED)
 

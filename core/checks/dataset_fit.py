@@ -24,6 +24,9 @@ def dataset_problems(dataset: DatasetRecord, model: ModelRecord, recipe: Recipe)
     problems = []
     for spec in model.inputs:
         array = arrays.get(spec.name)
+        if not spec.batched:
+            problems += _unbatched_problems(spec, array)
+            continue
         if array is None:
             problems.append(f"no array named {spec.name!r} for the model input of that name "
                             f"(the dataset has {sorted(arrays)})")
@@ -48,6 +51,19 @@ def dataset_problems(dataset: DatasetRecord, model: ModelRecord, recipe: Recipe)
     if split is not None and (len(split.shape) != 1 or _kind(split.dtype) != "i"):
         problems.append("'split' must be a 1-D integer array (0 train, 1 eval)")
     return problems
+
+
+def _unbatched_problems(spec, array) -> list[str]:
+    """An input without a batch axis is one tensor fed with every sample: the dataset may give it (whole, in the
+    model's shape) or leave it to be generated."""
+    if array is None:
+        return []
+    fits = len(array.shape) == len(spec.shape) and all(
+        got == want for got, want in zip(array.shape, spec.shape, strict=True) if isinstance(want, int) and want > 0)
+    if fits and _kind(array.dtype) == _kind(spec.dtype):
+        return []
+    return [f"{spec.name!r} ({array.dtype} {array.shape}) does not fit the model input {spec.name!r} "
+            f"({spec.dtype} {spec.shape}), which has no batch axis: give it whole, fed with every sample"]
 
 
 def held_out_problems(dataset: DatasetRecord, recipe: Recipe) -> list[str]:

@@ -20,9 +20,9 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from core import sandbox
-from core.assets import TensorSpec
+from core.assets import TensorSpec, mark_batch_axes
 from core.errors import ErrorCode, InvalidModel
-from core.modelinfo import find_layers, operators
+from core.modelinfo import find_layers, integer_ranges, operators
 from core.sandbox import Limits
 from core.settings import Settings
 
@@ -181,6 +181,8 @@ def inspect_onnx(path: Path) -> tuple[onnx.ModelProto, list[TensorSpec], list[Te
     outputs = [_spec(v) for v in model.graph.output]
     if not inputs or not outputs:
         raise InvalidModel("the graph needs at least one input and one output")
+    ranges = integer_ranges(model, [s.name for s in inputs if s.dtype.startswith(("int", "uint"))])
+    inputs = [s.model_copy(update={"value_range": ranges.get(s.name)}) for s in mark_batch_axes(inputs, outputs)]
     return model, inputs, outputs
 
 

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from core.assets import TensorSpec
+from core.assets import TensorSpec, mark_batch_axes
 from core.checks.pt2_safety import checked_program
 from core.errors import ErrorCode, InvalidModel
 
@@ -108,7 +108,7 @@ def _signature(program) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:
     if not inputs or not outputs:
         raise InvalidModel("the program needs at least one tensor input and one tensor output",
                            code=ErrorCode.unsupported_model)
-    return inputs, outputs, _operators(gm)
+    return mark_batch_axes(inputs, outputs), outputs, _operators(gm)
 
 
 def inspect_pt2(path: Path, max_bytes: int) -> tuple[list[TensorSpec], list[TensorSpec], list[str]]:

@@ -18,12 +18,31 @@ def input_size_problems(recipe: Recipe, model: ModelRecord, dataset: DatasetReco
     problems = []
     for spec in model.inputs:
         shape = arrays.get(spec.name) or spec.sample_shape(recipe.target.input_shapes)
-        fixed_batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else 0
-        elements = max(rows, fixed_batch) * math.prod(shape)
+        elements = max(rows, spec.fixed_batch or 0) * math.prod(shape) if spec.batched else math.prod(shape)
         if elements > cap:
             problems.append(f"input {spec.name!r}: {rows} samples of shape {shape} are {elements} elements, more "
                             f"than the {cap} this service takes (PARETO_MAX_INPUT_ELEMENTS); fix the dynamic "
                             "dimensions with target.input_shapes or use smaller batch sizes")
+    return problems
+
+
+def input_shape_problems(recipe: Recipe, model: ModelRecord) -> list[str]:
+    """target.input_shapes against the model's inputs: a known name, the same rank, and the graph's fixed sizes
+    (the batch dimension of a batched input excepted: batch_sizes replace it)."""
+    specs = {s.name: s for s in model.inputs}
+    problems = []
+    for name, shape in recipe.target.input_shapes.items():
+        spec = specs.get(name)
+        if spec is None:
+            problems.append(f"input_shapes names {name!r}, which is not a model input (inputs: {sorted(specs)})")
+            continue
+        if len(shape) != len(spec.shape):
+            problems.append(f"input_shapes[{name!r}] {shape} has {len(shape)} dimensions; the input has "
+                            f"{len(spec.shape)} ({spec.shape})")
+            continue
+        for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+            if isinstance(want, int) and want > 0 and got != want and not (axis == 0 and spec.batched):
+                problems.append(f"input_shapes[{name!r}] has {got} in dimension {axis}; the model fixes it at {want}")
     return problems
 
 

@@ -6,6 +6,10 @@ from pydantic import Field, model_validator
 
 from core.steps.base import StepParams
 
+# operators only a quantized graph holds
+QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
+                 "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul"}
+
 DTYPES_BY_MODE = {
     "dynamic": ("int8",),
     "static": ("int8",),
@@ -94,7 +98,11 @@ class Quantize(StepParams):
         problems = []
         wanted = {"weight_only": {"MatMul", "Gemm"}, "static": {"Conv", "MatMul", "Gemm"}}.get(
             self.mode, {"MatMul", "Gemm", "Conv", "Gather", "Attention", "LSTM", "GRU"})
-        if self.mode != "float" and not wanted & set(model.operators):
+        quantized = sorted(QUANTIZED_OPS & set(model.operators))
+        if self.mode != "float" and quantized:
+            problems.append(f"quantize ({self.mode}): the model is already quantized ({', '.join(quantized)}); "
+                            "it is not quantized twice")
+        elif self.mode != "float" and not wanted & set(model.operators):
             problems.append(f"quantize ({self.mode}): the model has none of the operators it quantizes "
                             f"({', '.join(sorted(wanted))})")
         return problems

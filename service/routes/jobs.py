@@ -12,7 +12,7 @@ from core.api import ArtifactLink, DryRun, JobCreate, JobPage
 from core.assets import AssetStore
 from core.callbacks import check_callback_url
 from core.checks.dataset_fit import dataset_problems, held_out_problems
-from core.checks.recipe import input_size_problems, preflight
+from core.checks.recipe import input_shape_problems, input_size_problems, preflight
 from core.errors import Conflict, ErrorCode, InvalidDataset, InvalidRecipe, NotFound, Unavailable
 from core.ids import ID_PATTERN, new_id
 from core.job import Job, JobError, JobStatus
@@ -84,6 +84,9 @@ def _checked_inputs(body: JobCreate, tenant: str, b: Backends, recipe: Recipe):
     if problems:
         raise InvalidRecipe("the recipe cannot run on this model: " + "; ".join(problems),
                             code=ErrorCode.unsupported_step, problems=problems)
+    shapes = input_shape_problems(recipe, model)
+    if shapes:
+        raise InvalidRecipe("; ".join(shapes), code=ErrorCode.input_shapes_mismatch, problems=shapes)
     dataset = None
     if body.dataset_id:
         dataset = assets.load(tenant, "datasets", body.dataset_id)
@@ -97,6 +100,10 @@ def _checked_inputs(body: JobCreate, tenant: str, b: Backends, recipe: Recipe):
     elif recipe.needs_dataset:
         steps = [s.name for s in recipe.steps if s.needs_data]
         raise InvalidRecipe(f"steps {steps} need a dataset: pass dataset_id", code=ErrorCode.dataset_required)
+    elif unknown := [s.name for s in model.inputs if not s.generable]:
+        raise InvalidRecipe(f"integer inputs {unknown}: the graph does not show which values they may take, so "
+                            "none can be made up; pass a dataset_id with real samples",
+                            code=ErrorCode.dataset_required)
     too_large = input_size_problems(recipe, model, dataset, b.settings.max_input_elements)
     if too_large:
         raise InvalidRecipe("; ".join(too_large), code=ErrorCode.inputs_too_large, problems=too_large)

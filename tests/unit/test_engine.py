@@ -69,7 +69,7 @@ def context(tmp_path: Path, n: int = 16) -> StepContext:
 def test_structured_pruning_and_growth_keep_the_graph_valid(tmp_path):
     src = cnn(tmp_path / "m.onnx")
     ctx = context(tmp_path)
-    x = ctx.samples["x"]
+    x = ctx.samples.inputs["x"]
     pruned = apply_step(ModelHandle(src), Prune(method="structured", ratio=0.5), ctx).onnx_path
     assert run(pruned, x).shape == (16, 3)
     widths = {t.name: list(t.dims) for t in onnx.load(str(pruned)).graph.initializer}

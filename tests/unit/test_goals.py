@@ -65,3 +65,35 @@ def test_when_nothing_meets_the_goals_the_closest_is_recommended():
         c.goals = G.evaluate(c, base, goals)
         c.goals_met = all(r.met for r in c.goals)
     assert G.recommend([far, near], G.objectives(goals)).id == "near"
+
+
+def _measurement():
+    from core.report import Measurement
+
+    return Measurement(device="cpu", providers=["CPUExecutionProvider"], threads=1, warmup=1, repeats=5,
+                       batch_sizes=[1], inputs="generated", samples=4)
+
+
+def test_a_candidate_the_baseline_dominates_is_never_recommended():
+    """The same size, no faster (within the rounds' noise), no better: the baseline is recommended, and the
+    report says why each candidate lost; the baseline is always on the frontier."""
+    from workers.report.build import build
+
+    base = cand("baseline", 100, 1.0)
+    same = cand("c1", 100, 0.99)  # 1 % faster: noise, not a speed-up
+    noisy = cand("c2", 120, 0.9)
+    noisy.metrics.latency_ms["1"].spread = base.metrics.latency_ms["1"].spread = 0.4  # rounds 40 % apart
+    report = build("j", base, [same, noisy], [], _measurement(), result="c1")
+    assert report.recommended == "baseline" and report.frontier[0] == "baseline"
+    assert [w.split(":")[0] for w in report.why_baseline] == ["c1", "c2"]
+    with_goals = build("j", base, [same], [Goal(metric="latency_p50_ms", minimize=True)], _measurement())
+    assert with_goals.recommended == "baseline"
+
+
+def test_a_candidate_better_anywhere_can_be_recommended():
+    from workers.report.build import build
+
+    base = cand("baseline", 100, 1.0, accuracy=0.9)
+    smaller, faster, better = cand("s", 50, 1.0, 0.9), cand("f", 100, 0.5, 0.9), cand("b", 100, 1.0, 0.95)
+    for c in (smaller, faster, better):
+        assert build("j", base, [c], [], _measurement(), result=c.id).recommended == c.id

@@ -111,16 +111,17 @@ def test_inputs_outputs_and_operators_of_a_dynamic_batch_model(archives):
     assert [i.name for i in inputs] == ["input"]  # parameters are not inputs
     batch = inputs[0].shape[0]
     assert isinstance(batch, str) and batch.startswith("s")  # torch's symbol name, e.g. "s31"
-    assert inputs[0].model_dump() == {"name": "input", "dtype": "float32", "shape": [batch, 4]}
-    assert [o.model_dump() for o in outputs] == [{"name": outputs[0].name, "dtype": "float32", "shape": [batch, 2]}]
+    assert inputs[0].model_dump() == {"name": "input", "dtype": "float32", "shape": [batch, 4], "batched": True,
+                                      "value_range": None}
+    assert [(o.name, o.dtype, o.shape) for o in outputs] == [(outputs[0].name, "float32", [batch, 2])]
     assert ops == ["torch.ops.aten.linear.default", "torch.ops.aten.relu.default"]
 
 
 def test_two_inputs_int64_and_float32(archives):
     inputs, outputs, ops = inspect_pt2(archives["two"], LIMIT)
     assert [i.model_dump() for i in inputs] == [
-        {"name": "ids", "dtype": "int64", "shape": [1, 2]},
-        {"name": "x", "dtype": "float32", "shape": [1, 2, 4]},
+        {"name": "ids", "dtype": "int64", "shape": [1, 2], "batched": True, "value_range": None},
+        {"name": "x", "dtype": "float32", "shape": [1, 2, 4], "batched": True, "value_range": None},
     ]
     assert [(o.dtype, o.shape) for o in outputs] == [("float32", [1, 2, 4]), ("int64", [])]
     assert ops == sorted(ops) and "torch.ops.aten.embedding.default" in ops

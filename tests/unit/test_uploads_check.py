@@ -26,7 +26,8 @@ def test_inputs_and_outputs_are_read(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(tiny_model(), path)
     _, inputs, outputs = inspect_onnx(path)
-    assert inputs[0].model_dump() == {"name": "x", "dtype": "float32", "shape": ["n", 3]}
+    assert inputs[0].model_dump() == {"name": "x", "dtype": "float32", "shape": ["n", 3], "batched": True,
+                                      "value_range": None}
     assert outputs[0].name == "y"
 
 

@@ -12,6 +12,7 @@ from core.steps import StepParams
 
 Path_ = list[tuple[int, StepParams]]  # (1-based index in the recipe's steps, step)
 BASELINE = "baseline"
+INPUT = "input"  # the baseline after import normalization (workers/graph/normalize.py): where steps start
 
 
 @dataclass

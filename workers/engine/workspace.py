@@ -16,13 +16,14 @@ from pydantic import TypeAdapter
 from core.assets import AssetStore, ModelRecord
 from core.job import Job
 from core.objectstore import ObjectStore, job_prefix
-from core.report import Candidate
+from core.report import Candidate, Normalization
 from core.settings import Settings
 from core.steps import Step
 from workers.engine.data import JobData, batch_dim, job_data
 from workers.engine.fleet import POLL_S, Fleet
-from workers.engine.plan import BASELINE, Node
+from workers.engine.plan import BASELINE, INPUT, Node
 from workers.engine.telemetry import record_step
+from workers.graph.normalize import normalize
 from workers.graph.program import program_to_onnx
 from workers.measure.bench import Bench, providers_for, resolve_threads
 from workers.measure.quality import default_metrics
@@ -42,6 +43,7 @@ class Workspace:
     data: JobData
     bench: Bench
     reference: list[np.ndarray]  # the baseline's outputs on the evaluation inputs; [] until measured / fetched
+    normalization: Normalization | None = None  # what the import normalization did (the coordinator's side)
 
     @property
     def shared(self) -> str:
@@ -66,14 +68,9 @@ class Workspace:
 def _data_and_bench(job: Job, model: ModelRecord, settings: Settings, workdir: Path, dataset: Path | None):
     recipe, target = job.recipe, job.recipe.target
     data = job_data(dataset, model.inputs, recipe)
-    inputs = workdir / "inputs.npz"
-    np.savez(inputs, **data.eval.inputs)
     metrics = recipe.data.quality or default_metrics(data.task, data.eval.labels)
-    bench = Bench(workdir / "probe", inputs, target, resolve_threads(target, settings.intra_op_threads),
-                  providers_for(target), batch_dim(model.inputs), data.eval.labels,
-                  {k: [1, *v.shape[1:]] for k, v in data.eval.inputs.items()}, metrics,
-                  classification=data.task == "classification")
-    bench.workdir.mkdir(parents=True, exist_ok=True)
+    bench = Bench.of(data, workdir / "probe", target, resolve_threads(target, settings.intra_op_threads),
+                     providers_for(target), batch_dim(model.inputs), metrics)
     return data, bench
 
 
@@ -91,10 +88,15 @@ def prepare(job: Job, model: ModelRecord, source: Path, settings: Settings, obje
     data, bench = _data_and_bench(job, model, settings, workdir, dataset)
     if model.format == "pt2":
         tick("converting the PyTorch program to ONNX")
-        source = program_to_onnx(source, workdir / "baseline.onnx", model.inputs, model.outputs, data.eval.inputs,
+        source = program_to_onnx(source, workdir / "baseline.onnx", model.inputs, model.outputs, data.eval,
                                  settings.max_upload_bytes)
     ws = Workspace(job, model, settings, objects, workdir, data, bench, [])
     ws.share(BASELINE, source)
+    tick("normalizing the graph")
+    done = normalize(source, workdir / "input.onnx", data.eval)
+    ws.normalization = Normalization(changed=done["changed"], already_quantized=done["quantized"],
+                                     notes=done["notes"])
+    ws.share(INPUT, workdir / "input.onnx")
     return ws
 
 
@@ -126,6 +128,10 @@ def baseline_outputs(ws: Workspace, fleet: Fleet, checkpoint: Callable[[str], No
             checkpoint("waiting for the baseline's measurement")
             time.sleep(POLL_S)
     return ws.reference
+
+
+def same_file(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
 class Heartbeat:
@@ -163,8 +169,11 @@ def run_node(ws: Workspace, fleet: Fleet, node: Node, checkpoint: Callable[[str]
     )
     with Heartbeat(fleet, node.id):
         started = time.monotonic()
-        result = apply_step(ModelHandle(ws.local(node.parent)), step, ctx)
+        parent = ws.local(INPUT if node.parent == BASELINE else node.parent)  # steps start from the normalized graph
+        result = apply_step(ModelHandle(parent), step, ctx)
         record_step(step.name, time.monotonic() - started)  # /metrics
+        if same_file(parent, result.onnx_path):
+            ctx.notes.append(f"{step.name} changed nothing: the model it made is the same file as its input")
         ws.share(node.id, result.onnx_path)
         fleet.release(node)  # its children may start on other workers while this one measures it
         checkpoint(f"{node.id}: measuring the result of {step.name}")

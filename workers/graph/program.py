@@ -16,6 +16,7 @@ import torch
 from core.assets import TensorSpec
 from core.checks.pt2_safety import checked_program
 from core.errors import ErrorCode, InvalidModel
+from workers.engine.data import Split
 
 CONVERT_TIMEOUT_S = 1800
 
@@ -47,14 +48,15 @@ def _scoped_names(model: onnx.ModelProto) -> None:
 
 
 def program_to_onnx(src: Path, out: Path, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                    samples: dict[str, np.ndarray], max_bytes: int) -> Path:
+                    samples: Split, max_bytes: int) -> Path:
     """The uploaded program as ONNX. torch.export.load reads an untrusted file: it runs in a child process
     within the job's budget (workers/measure/bench.py `in_sandbox`), stopped at once if the job is cancelled."""
     from workers.measure.bench import in_sandbox
 
     spec = out.parent / f"{out.stem}.convert.json"
     example = out.parent / f"{out.stem}.example.npz"
-    np.savez(example, *[np.ascontiguousarray(samples[s.name][:2]) for s in inputs])
+    example_feed = samples.feed(slice(0, 2))
+    np.savez(example, *[np.ascontiguousarray(example_feed[s.name]) for s in inputs])
     spec.write_text(json.dumps({"src": str(src), "out": str(out), "example": str(example), "max_bytes": max_bytes,
                                 "inputs": [s.name for s in inputs], "outputs": [s.name for s in outputs]}))
     found = in_sandbox("workers.graph.program", [str(spec)], out.parent / f"{out.stem}.scratch",
@@ -83,13 +85,14 @@ def _convert(spec: dict) -> dict:
     return {}
 
 
-def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: dict[str, np.ndarray]) -> Path:
+def onnx_to_program(src: Path, out: Path, inputs: list[TensorSpec], samples: Split) -> Path:
     """A .pt2 that computes what the ONNX model computes; dynamic dimensions of the original inputs stay
     dynamic. Raises UnsupportedOp for graphs with onnxruntime-only (e.g. quantized) operators."""
     from workers.graph.torch_module import OnnxModule, named
 
     module = named(OnnxModule(onnx.load(str(src))).eval())
-    args = tuple(torch.from_numpy(np.ascontiguousarray(samples[s.name][:2])) for s in inputs)
+    feed = samples.feed(slice(0, 2))
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in inputs)
     # AUTO: dynamic where the graph allows it (a sequence may be capped by a position table)
     shapes = tuple({axis: torch.export.Dim.AUTO for axis, d in enumerate(s.shape) if not isinstance(d, int)} or None
                    for s in inputs)

@@ -18,9 +18,11 @@ from core.report import Fidelity, Latency, Metrics
 from core.sandbox import Limits
 from core.settings import get_settings
 from workers.engine import budget
+from workers.engine.data import JobData
 from workers.measure.quality import cosine, quality, top1_agreement
 
 PROBE_TIMEOUT_S = 1800
+SIDE_BY_SIDE_ROUNDS = 5
 
 
 def providers_for(target: Target) -> list[str]:
@@ -57,6 +59,17 @@ class Bench:
     metrics: list[str] = field(default_factory=list)  # quality metrics to compute against the labels
     classification: bool = False  # integer labels: top-1 agreement means something
     ran_on: list[str] = field(default_factory=list)  # what the probe reported running the baseline on
+    unbatched: list[str] = field(default_factory=list)  # inputs fed whole on every run (no batch axis)
+
+    @classmethod
+    def of(cls, data: JobData, workdir: Path, target: Target, threads: int, providers: list[str],
+           fixed_batch: int | None, metrics: list[str]) -> Bench:
+        """The bench of a job's data: its evaluation inputs written where the probe reads them."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        inputs = workdir / "inputs.npz"
+        np.savez(inputs, **data.eval.inputs, **data.eval.fixed)
+        return cls(workdir, inputs, target, threads, providers, fixed_batch, data.eval.labels,
+                   data.eval.sample_shapes(), metrics, data.task == "classification", unbatched=list(data.eval.fixed))
 
     def run(self, model: Path, reference: list[np.ndarray] | None) -> tuple[Metrics, list[np.ndarray], list[str]]:
         """Metrics of `model`, its outputs on the evaluation inputs, and notes (e.g. skipped batches)."""
@@ -74,6 +87,17 @@ class Bench:
         )
         return metrics, outputs, probe["notes"]
 
+    def side_by_side(self, models: dict[str, Path], rounds: int = SIDE_BY_SIDE_ROUNDS) -> dict[str, dict[str, dict]]:
+        """Every model's p50 at each batch size, timed in interleaved rounds in one probe process
+        (workers/measure/probe.py `side_by_side`), with the spread of the rounds."""
+        batches = [self.fixed_batch] if self.fixed_batch else self.target.batch_sizes
+        spec = {**self.spec(next(iter(models.values()))), "models": {k: str(v) for k, v in models.items()},
+                "batch_sizes": batches, "rounds": rounds}
+        spec_path = self.workdir / "side-by-side.probe.json"
+        spec_path.write_text(json.dumps(spec))
+        return in_sandbox("workers.measure.probe", [str(spec_path)], self.workdir / "side-by-side.scratch",
+                          "the models could not be timed side by side", ErrorCode.model_run_failed, PROBE_TIMEOUT_S)
+
     def spec(self, model: Path) -> dict:
         """What the probe (workers/measure/probe.py) needs to measure `model` on this bench's target."""
         return {
@@ -82,7 +106,7 @@ class Bench:
             "batch_sizes": self.target.batch_sizes, "warmup": self.target.warmup,
             "repeats": self.target.repeats, "threads": self.threads, "providers": self.providers,
             "runtime": self.target.runtime, "device": self.target.device,
-            "fixed_batch": self.fixed_batch, "sample_shapes": self.sample_shapes,
+            "fixed_batch": self.fixed_batch, "sample_shapes": self.sample_shapes, "unbatched": self.unbatched,
         }
 
     def _probe(self, model: Path) -> dict:

@@ -34,6 +34,13 @@ def _feed(arrays: dict[str, np.ndarray], start: int, rows: int) -> dict[str, np.
     return {k: v[idx] for k, v in arrays.items()}
 
 
+def _split(spec: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The evaluation inputs: those with a batch axis, and those fed whole on every run."""
+    arrays = dict(np.load(spec["inputs"], allow_pickle=False))
+    fixed = {k: arrays.pop(k) for k in spec.get("unbatched", [])}
+    return arrays, fixed
+
+
 def _onnxruntime(spec: dict):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = spec["threads"]
@@ -77,16 +84,17 @@ def runner(spec: dict):
     return (*_onnxruntime(spec), None)
 
 
-def _evaluate(run, arrays, chunk: int, fixed: bool) -> list[np.ndarray]:
-    """Outputs for every sample, `chunk` at a time (a fixed batch size drops the incomplete tail)."""
-    n = len(next(iter(arrays.values())))
+def _evaluate(run, arrays, whole, chunk: int, fixed: bool) -> list[np.ndarray]:
+    """Outputs for every sample, `chunk` at a time (a fixed batch size drops the incomplete tail); `whole`:
+    the inputs without a batch axis, fed as they are."""
+    n = len(next(iter(arrays.values()))) if arrays else 1
     stop = n - n % chunk if fixed else n
-    pieces = [run({k: v[i : i + chunk] for k, v in arrays.items()}) for i in range(0, stop, chunk)]
+    pieces = [run({**{k: v[i : i + chunk] for k, v in arrays.items()}, **whole}) for i in range(0, stop, chunk)]
     return [np.concatenate([p[i] for p in pieces]) for i in range(len(pieces[0]))] if pieces else []
 
 
-def timings(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
-    feed = _feed(arrays, 0, batch)
+def timings(run, arrays, whole, batch: int, warmup: int, repeats: int) -> list[float]:
+    feed = {**(_feed(arrays, 0, batch) if arrays else {}), **whole}
     for _ in range(warmup):
         run(feed)
     times = []
@@ -98,18 +106,18 @@ def timings(run, arrays, batch: int, warmup: int, repeats: int) -> list[float]:
 
 
 def measure(spec: dict) -> dict:
-    arrays = dict(np.load(spec["inputs"], allow_pickle=False))
+    arrays, whole = _split(spec)
     rss_before = _status_kb("VmRSS")
     run, providers, note = runner(spec)
     fixed = spec.get("fixed_batch")
-    outputs = _evaluate(run, arrays, fixed or 32, bool(fixed))
+    outputs = _evaluate(run, arrays, whole, fixed or 32, bool(fixed))
     np.savez(spec["outputs"], *outputs)
     latency, notes = {}, [note] if note else []
     for batch in spec["batch_sizes"]:
         if fixed and batch != fixed:
             notes.append(f"batch {batch}: the model's batch dimension is fixed at {fixed}")
             continue
-        times = timings(run, arrays, batch, spec["warmup"], spec["repeats"])
+        times = timings(run, arrays, whole, batch, spec["warmup"], spec["repeats"])
         p50, p90, p99 = np.percentile(times, [50, 90, 99])
         latency[str(batch)] = {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
     last = max(latency, key=int) if latency else None
@@ -124,6 +132,37 @@ def measure(spec: dict) -> dict:
     }
 
 
+ROUND_S = 0.05  # each model's timed runs in a round last at least this long (and at least 3 runs)
+
+
+def side_by_side(spec: dict) -> dict:
+    """p50 of several models timed in interleaved rounds in this one process: each round makes each model's
+    session afresh, in an order that starts one model later every round, and times `runs` runs at each batch
+    size; load that comes and goes on the machine then slows every model alike. Returns, per model and batch
+    size, the median of the rounds' medians and their spread ((highest - lowest) / median)."""
+    arrays, whole = _split(spec)
+    models, batches, rounds = spec["models"], spec["batch_sizes"], spec["rounds"]
+    runs = max(3, -(-spec["repeats"] // rounds))
+    medians: dict[str, dict[int, list[float]]] = {m: {b: [] for b in batches} for m in models}
+    order = list(models)
+    for k in range(rounds):
+        for name in order[k % len(order):] + order[: k % len(order)]:
+            run, _, _ = runner({**spec, "model": models[name]})
+            for batch in batches:
+                times, started = [], time.perf_counter()
+                for t in timings(run, arrays, whole, batch, 2, runs):
+                    times.append(t)
+                while time.perf_counter() - started < ROUND_S and len(times) < 10 * runs:
+                    times += timings(run, arrays, whole, batch, 0, 1)
+                medians[name][batch].append(float(np.median(times)))
+            del run
+    out = {}
+    for name, per_batch in medians.items():
+        out[name] = {str(b): {"p50": float(np.median(v)), "spread": float((max(v) - min(v)) / np.median(v))}
+                     for b, v in per_batch.items()}
+    return out
+
+
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1]).read_text())
-    json.dump(measure(spec), sys.stdout)
+    json.dump(side_by_side(spec) if "models" in spec else measure(spec), sys.stdout)

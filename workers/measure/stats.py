@@ -121,17 +121,56 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto | None:
             return None
 
 
+WEIGHT_OPS = ("Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+MEASURED_MAX_NODES = 20_000  # running the graph with every tensor an output costs memory: only for graphs below
+
+
 def tensor_shapes(model: onnx.ModelProto, dims: dict[str, list[int]]) -> dict[str, list[int]]:
-    """The shape of every tensor for one sample (batch 1); {} when inference fails."""
-    inferred = _inferred(_static_copy(model, dims))
-    if inferred is None:
-        return {}
-    g = inferred.graph
-    # a dimension inference could not pin (data-dependent) is the batch of 1 we fixed, or close enough
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
-              for v in [*g.input, *g.value_info, *g.output]}
-    shapes.update({t.name: list(t.dims) for t in g.initializer})
+    """The shape of every tensor for one sample (batch 1): inferred (onnxruntime's symbolic inference, then
+    onnx's), and where that left a weight layer's output unknown, measured by running the graph once on zeros
+    with every tensor an output. {} when all of that fails."""
+    static = _static_copy(model, dims)
+    inferred = _inferred(static)
+    shapes: dict[str, list[int]] = {}
+    if inferred is not None:
+        g = inferred.graph
+        # a dimension inference could not pin (data-dependent) is the batch of 1 we fixed, or close enough
+        shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
+                  for v in [*g.input, *g.value_info, *g.output]}
+        shapes.update({t.name: list(t.dims) for t in g.initializer})
+    if any(n.op_type in WEIGHT_OPS and n.output[0] not in shapes for n in model.graph.node):
+        shapes = {**_measured(static), **shapes}
     return shapes
+
+
+def _measured(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Every tensor's shape from one run on zeros (inputs already fixed by _static_copy); {} if it cannot run."""
+    import onnxruntime as ort
+
+    if len(model.graph.node) > MEASURED_MAX_NODES:
+        return {}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    known = {o.name for o in copy.graph.output}
+    names = [o for n in copy.graph.node for o in n.output if o and o not in known]
+    copy.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    init = {i.name for i in copy.graph.initializer}
+    feed = {}
+    for value in copy.graph.input:
+        if value.name in init:
+            continue
+        t = value.type.tensor_type
+        shape = [d.dim_value for d in t.shape.dim]
+        feed[value.name] = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+    try:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 4
+        session = ort.InferenceSession(copy.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, feed)
+    except Exception:
+        return {}
+    return {o.name: list(np.shape(v)) for o, v in zip(session.get_outputs(), outputs, strict=True)}
 
 
 def _attr(node: onnx.NodeProto, name: str) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.engine.data import Split
 from workers.measure.quality import agreement
 from workers.steps.context import StepContext
 
@@ -36,18 +37,21 @@ def session(path: Path, ctx: StepContext):
     return ort.InferenceSession(str(path), opts, providers=ctx.providers)
 
 
-def outputs(sess, samples: dict[str, np.ndarray], n: int = SAMPLES, chunk: int = 16) -> np.ndarray:
-    rows = min(n, len(next(iter(samples.values()))))
-    return np.concatenate([sess.run(None, {k: v[i : i + chunk] for k, v in samples.items()})[0]
-                           for i in range(0, rows, chunk)])
+def outputs(sess, samples: Split, n: int = SAMPLES, chunk: int = 16) -> np.ndarray:
+    """The first output on the first `n` samples, `chunk` at a time (the graph's own batch size where it
+    fixes one)."""
+    fixed = [i.shape[0] for i in sess.get_inputs() if i.name in samples.inputs and i.shape and
+             isinstance(i.shape[0], int) and i.shape[0] > 0]
+    chunk = fixed[0] if fixed else chunk
+    rows = min(n, len(samples))
+    rows -= rows % chunk if fixed else 0
+    return np.concatenate([sess.run(None, samples.feed(slice(i, i + chunk)))[0] for i in range(0, rows, chunk)])
 
 
-def latency(sess, samples: dict[str, np.ndarray], batch: int = 1, runs: int = ROUND_RUNS,
-            seconds: float = ROUND_S) -> float:
+def latency(sess, samples: Split, batch: int = 1, runs: int = ROUND_RUNS, seconds: float = ROUND_S) -> float:
     """Median time in ms of one batch of `batch` samples, over at least `runs` runs and `seconds`, after a
     warm-up."""
-    rows = np.arange(batch) % len(next(iter(samples.values())))
-    feed = {k: v[rows] for k, v in samples.items()}
+    feed = samples.feed(np.arange(batch) % len(samples))
     for _ in range(max(1, 5 // batch)):  # a batch of 32 warms up in one run
         sess.run(None, feed)
     times: list[float] = []

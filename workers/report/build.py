@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 
 from core.recipe import Goal
-from core.report import Candidate, Environment, Measurement, Report, VsBaseline
+from core.report import Candidate, Environment, Latency, Measurement, Report, VsBaseline
 from workers.measure import goals as G
 
 PACKAGES = ("onnxruntime", "onnx", "numpy", "torch", "paretoml")
@@ -68,6 +68,31 @@ def regressions(c: Candidate, base: Candidate) -> list[str]:
     return found
 
 
+SMALLER = 0.99  # a file at least 1 % smaller counts as smaller (not a re-serialization's few bytes)
+FASTER = 1.02  # a p50 below the baseline's by more than this factor (or half the rounds' spread) counts as faster
+
+
+def _margin(a: Latency, b: Latency) -> float:
+    """How much lower a p50 must be to count as faster: FASTER, or half the larger spread of the side-by-side
+    rounds where the machine was noisier than that."""
+    return max(FASTER, 1 + max(a.spread or 0, b.spread or 0) / 2)
+
+
+def loses_to_baseline(c: Candidate, base: Candidate) -> str | None:
+    """Why the baseline dominates `c` (no smaller, no faster at any measured batch size, no better in
+    quality), in words; None when `c` beats it somewhere."""
+    if c.metrics.size_bytes < base.metrics.size_bytes * SMALLER:
+        return None
+    faster = [b for b, lat in c.metrics.latency_ms.items()
+              if b in base.metrics.latency_ms and lat.p50 * _margin(lat, base.metrics.latency_ms[b])
+              < base.metrics.latency_ms[b].p50]
+    better = [k for k, v in c.metrics.quality.items() if v > base.metrics.quality.get(k, float("inf")) + 1e-9]
+    if faster or better:
+        return None
+    return (f"{c.id}: {c.metrics.size_bytes / base.metrics.size_bytes:.2f}x the baseline's size, no faster at any "
+            "measured batch size and no better in quality")
+
+
 def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: list[Goal],
           measurement: Measurement, result: str | None = None) -> Report:
     """`result`: the candidate the recipe's own steps produced, recommended when there are no goals."""
@@ -77,21 +102,24 @@ def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: 
         c.vs_baseline = vs_baseline(c, baseline)
         c.regressions = regressions(c, baseline) if c is not baseline else []
     objs = G.objectives(goals)
-    meeting = [c for c in [baseline, *candidates] if c.goals_met]
-    if not candidates:
+    meeting = [c for c in candidates if c.goals_met]
+    lost = {c.id: why for c in candidates if (why := loses_to_baseline(c, baseline))}
+    useful = [c for c in candidates if c.id not in lost]
+    if not useful:
         best = baseline
     elif goals or result is None:
-        best = G.recommend(candidates, objs)
-    else:  # no goals: the recipe's result is what was asked for
-        best = next(c for c in candidates if c.id == result)
+        best = G.recommend(useful, objs)
+    else:  # no goals: the recipe's result is what was asked for, unless the baseline beats it
+        best = next((c for c in useful if c.id == result), baseline)
     return Report(
         job_id=job_id,
         environment=environment(),
         measurement=measurement,
         baseline=baseline,
         candidates=candidates,
-        frontier=[c.id for c in G.frontier(meeting, objs)],
+        frontier=[baseline.id, *(c.id for c in G.frontier([baseline, *meeting], objs) if c is not baseline)],
         recommended=best.id,
         goals_met=best.goals_met,
         regressions=[c.id for c in candidates if c.regressions],
+        why_baseline=list(lost.values()) if best is baseline else [],
     )

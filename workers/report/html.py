@@ -105,7 +105,11 @@ def render(report: Report, title: str = "") -> str:
 <p>Recommended: <b>{html.escape(report.recommended)}</b> — goals {"met" if report.goals_met else
     '<span class="missed">not met (best so far shown)</span>'}. Frontier: {html.escape(", ".join(report.frontier))}.
 {"<br><b class=missed>Slower than the baseline: " + html.escape(", ".join(report.regressions)) + "</b>"
-    if report.regressions else ""}</p>
+    if report.regressions else ""}
+{"<br><b>Nothing beat the uploaded model; keep it.</b> " + html.escape("; ".join(report.why_baseline))
+    if report.why_baseline else ""}
+{"<br>Import: " + html.escape("; ".join(report.normalization.notes)) if report.normalization and
+    report.normalization.notes else ""}</p>
 <div class="plots">{_plot(report, "latency_p50_ms", f"p50 latency, batch {batches[0]} (ms)")}
 {_plot(report, "size_bytes", "size (bytes)")}</div>
 <h2>Candidates</h2><table><tr>{"".join(f'<th class="l">{h}</th>' if i < 3 else f"<th>{h}</th>"

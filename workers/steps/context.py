@@ -41,9 +41,9 @@ class StepContext:
     notes: list[str] = field(default_factory=list)  # what the step wants the report to say
 
     @property
-    def samples(self) -> dict[str, np.ndarray]:
+    def samples(self) -> Split:
         """The evaluation inputs (what the report measures on)."""
-        return self.data.eval.inputs
+        return self.data.eval
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -58,9 +58,9 @@ class StepContext:
         return self.data.from_dataset
 
     @property
-    def calibration(self) -> dict[str, np.ndarray]:
+    def calibration(self) -> Split:
         """Training inputs to calibrate on."""
-        return {k: v[: self.calibration_samples] for k, v in self.train.inputs.items()}
+        return self.train.head(self.calibration_samples)
 
     def teacher(self, which: str | int) -> Path:
         return self.teachers[str(which)]

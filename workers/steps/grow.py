@@ -19,7 +19,7 @@ from workers.steps.context import ModelHandle, StepContext
 
 
 def widen(graph: Graph, p: Grow, ctx: StepContext, rng: np.random.Generator) -> int:
-    shapes = tensor_shapes(graph.model, {k: [1, *v.shape[1:]] for k, v in ctx.samples.items()})
+    shapes = tensor_shapes(graph.model, ctx.samples.sample_shapes())
     grown = 0
     for group in [g for g in channel_groups(graph, shapes) if g.kind == "channels"]:
         size = group.size

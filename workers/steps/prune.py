@@ -52,7 +52,7 @@ def two_of_four(graph: Graph, ops: list[WeightOp], ctx: StepContext) -> None:
 
 
 def structured(graph: Graph, p: Prune, ctx: StepContext) -> None:
-    shapes = tensor_shapes(graph.model, {k: [1, *v.shape[1:]] for k, v in ctx.samples.items()})
+    shapes = tensor_shapes(graph.model, ctx.samples.sample_shapes())
     allowed = {op.name for op in selected(graph, p)}
     groups = [g for g in channel_groups(graph, shapes)
               if all(op.name in allowed for op in g.producers) and (p.heads or g.kind != "heads")]

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from core.errors import ErrorCode, InvalidRecipe
+from core.errors import ErrorCode, InvalidRecipe, without_paths
 from core.steps.quantize import Quantize
+from workers.engine.data import Split
 from workers.graph.fusion import described, fuse_transformer
+from workers.graph.normalize import quantized_form
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.measure.sensitivity import fallback_layers, quality_goals
 from workers.measure.variants import Trial, fidelities, latencies, latency_text, slowness
@@ -74,14 +76,13 @@ def channel_spreads(path: Path) -> dict[str, float]:
 class _Calibration:
     """Feeds calibration samples to onnxruntime's calibrator, one at a time."""
 
-    def __init__(self, samples: dict[str, np.ndarray], count: int):
-        n = min(count, len(next(iter(samples.values()))))
-        self.rows = iter(range(n))
+    def __init__(self, samples: Split, count: int):
+        self.rows = iter(range(min(count, len(samples))))
         self.samples = samples
 
     def get_next(self):
         i = next(self.rows, None)
-        return None if i is None else {k: v[i : i + 1] for k, v in self.samples.items()}
+        return None if i is None else self.samples.feed(slice(i, i + 1))
 
     def rewind(self):  # onnxruntime >= 1.17 may call this
         pass
@@ -154,12 +155,15 @@ def weight_only(src: Path, out: Path, p: Quantize) -> Path:
 
 def float_storage(src: Path, out: Path, p: Quantize) -> Path:
     if p.precision == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
         model = onnx.load(str(src))
-        blocked = [n.op_type for n in model.graph.node if matches(n.name, p.exclude)]
+        blocked = {n.op_type for n in model.graph.node if matches(n.name, p.exclude)}
+        # recurrent layers stay in float32: onnxruntime's CPU provider has no float16 LSTM, GRU or RNN (a CRNN
+        # text recognizer's probe crashed on them)
+        blocked |= set(DEFAULT_OP_BLOCK_LIST) | {"LSTM", "GRU", "RNN"}
         onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=_excluded(src, p),
-                                           op_block_list=sorted(set(blocked)) or None), str(out))
+                                           op_block_list=sorted(blocked)), str(out))
         return out
     return bf16_weights(src, out)
 
@@ -186,6 +190,10 @@ def bf16_weights(src: Path, out: Path) -> Path:
 @implements(Quantize)
 def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
     src, out = handle.onnx_path, ctx.path("quantized.onnx")
+    already = quantized_form(onnx.load(str(src), load_external_data=False))
+    if already and p.mode != "float":
+        ctx.notes.append(f"not quantized again: the model is already quantized ({already})")
+        return ModelHandle(Path(shutil.copyfile(src, out)))
     if p.mode == "weight_only":
         return ModelHandle(weight_only(src, out, p))
     if p.mode == "float":
@@ -230,7 +238,13 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
     built = {}
     for label, (variant, source) in variants.items():
         ctx.checkpoint(f"quantize auto: building {label}")
-        built[label] = int8(source, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
+        try:
+            built[label] = int8(source, ctx.path(f"auto-{label.replace(' ', '-')}.onnx"), variant, ctx)
+        except Exception as e:  # onnxruntime's quantizer refusing one variant leaves the others
+            ctx.notes.append(f"quantize auto: {label} could not be built ({_reason(e)})")
+    if not built:
+        raise InvalidRecipe("quantize auto: no int8 variant could be built: " + "; ".join(ctx.notes[-len(variants):]),
+                            code=ErrorCode.step_not_applicable)
     ctx.checkpoint("quantize auto: measuring the int8 variants")
     fidelity = {**fidelities(src, built, ctx), FLOAT: 1.0}
     contenders = [v for v in built if fidelity[v] >= p.min_fidelity] or [max(built, key=fidelity.__getitem__)]
@@ -245,6 +259,11 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
                         for v, r in results.items())
     ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: {figures}")
     return None if chosen == FLOAT else (built[chosen], *variants[chosen])
+
+
+def _reason(e: Exception) -> str:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return without_paths(f"{type(e).__name__}: {first}")
 
 
 def quickest(labels: list[str], results: dict[str, Trial], files: dict[str, Path]) -> str:
@@ -266,7 +285,9 @@ def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quant
     if counts:
         sources["fused "] = fused
         ctx.notes.append(f"quantize auto: transformer layers fused for the fused variants ({described(counts)})")
-    static = ctx.from_dataset and _has_float_weights(src)
+    static = (ctx.from_dataset or conv_heavy(src)) and _has_float_weights(src)
+    if static and not ctx.from_dataset:
+        ctx.notes.append(SYNTHETIC)
     scales = [True, False] if p.per_channel else [False]
     formats = ["qdq", "qoperator"] if ctx.providers == ["CPUExecutionProvider"] else ["qdq"]
     variants = {}
@@ -280,6 +301,22 @@ def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quant
             variants[f"{prefix}dynamic per-layer"] = (p.model_copy(update={
                 "mode": "dynamic", "per_channel": True, "channel_spread": MIXED_SPREAD}), source)
     return variants
+
+
+SYNTHETIC = ("static int8 calibrated on synthetic inputs (data.generated); upload a dataset for faithful "
+             "activation ranges")
+CONV_SHARE = 0.5  # a graph whose weights lie mostly in Conv layers: only static int8 makes it faster on a CPU
+
+
+def conv_heavy(path: Path) -> bool:
+    """Whether the graph is mostly convolutions: more Conv layers than MatMul and Gemm ones, or most of its
+    weights in Conv layers."""
+    model = onnx.load(str(path), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1]
+    dense = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm"))
+    weights = sum(sizes.get(n.input[1], 0) for n in convs)
+    return len(convs) > dense or weights > CONV_SHARE * max(1, sum(sizes.values()))
 
 
 def _has_float_weights(path: Path) -> bool:

@@ -135,9 +135,11 @@ class Trainer:
             teacher = ctx.teacher("baseline")
         self.tutor = OnnxModule(onnx.load(str(teacher))).to(self.device).eval() if teacher is not None else None
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ctx.train.inputs.items()}
+        self.fixed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ctx.train.fixed.items()}
         self.labels = visible_labels(ctx.train.labels, p.labeled_fraction, self.seed)
 
     def feed(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        batch = {**batch, **self.fixed}
         return [batch[name].to(self.device) for name in self.model.input_names]
 
     def step_loss(self, idx: torch.Tensor, objective: Objective) -> torch.Tensor:
