@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
@@ -152,38 +153,70 @@ def _strided(node: onnx.NodeProto) -> bool:
 VALUE_PRESERVING = {"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Transpose", "Expand"}
 
 
-def _table_rows(model: onnx.ModelProto) -> dict[str, int]:
-    """Rows of every constant table a Gather could index: initializers and Constant nodes."""
-    rows = {t.name: t.dims[0] for t in model.graph.initializer if t.dims}
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    found = {t.name: t for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
             value = next((a.t for a in n.attribute if a.name == "value"), None)
-            if value is not None and value.dims:
-                rows[n.output[0]] = value.dims[0]
-    return rows
+            if value is not None:
+                found[n.output[0]] = value
+    return found
+
+
+def _constant_behind(name: str, constants: dict, producers: dict) -> onnx.TensorProto | None:
+    """The constant a tensor is made of through value-preserving operators (a range broadcast to a shape)."""
+    for _ in range(8):
+        if name in constants:
+            return constants[name]
+        node = producers.get(name)
+        if node is None or node.op_type not in VALUE_PRESERVING:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _range_of(n: onnx.NodeProto, tensor: str, constants: dict, producers: dict) -> list[int] | None | bool:
+    """[low, high) the node lets `tensor` take: a Gather's table rows, a OneHot's depth, the values an Equal
+    compares it with (a one-hot written as Equal against a range, as jax2tf and tf2onnx export it); False when
+    the node says nothing of it."""
+    if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == tensor:
+        table = _constant_behind(n.input[0], constants, producers)
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+        return [0, table.dims[0]] if table is not None and table.dims and axis == 0 else None
+    if n.op_type == "OneHot" and n.input[0] == tensor:
+        depth = _constant_behind(n.input[1], constants, producers)
+        return [0, int(numpy_helper.to_array(depth).reshape(-1)[0])] if depth is not None else None
+    if n.op_type == "Equal":
+        other = n.input[1] if n.input[0] == tensor else n.input[0]
+        values = _constant_behind(other, constants, producers)
+        if values is None or not np.issubdtype(numpy_helper.to_array(values).dtype, np.integer):
+            return None
+        array = numpy_helper.to_array(values)
+        return [int(array.min()), int(array.max()) + 1] if array.size > 1 else None
+    return False
 
 
 def integer_ranges(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
-    """[0, rows) for each named input that indexes (along axis 0, through casts and reshapes) a constant
-    table: token ids into an embedding, bytes into a byte table. Any value outside would make the model
-    fail or read garbage, so generated inputs keep to it."""
-    rows = _table_rows(model)
+    """[low, high) for each named input whose values the graph bounds (through casts and reshapes): token ids
+    into an embedding, bytes into a byte table or a one-hot. Any value outside would make the model fail or
+    read garbage, so generated inputs keep to it."""
+    constants = _constants(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     found = {}
     for name in names:
-        tables, todo, seen = [], [name], set()
+        ranges, todo, seen = [], [name], set()
         while todo:
             tensor = todo.pop()
             seen.add(tensor)
             for n in consumers.get(tensor, []):
                 if n.op_type in VALUE_PRESERVING and n.input[0] == tensor:
                     todo += [o for o in n.output if o not in seen]
-                elif n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == tensor and n.input[0] in rows:
-                    axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
-                    tables.append(rows[n.input[0]] if axis == 0 else None)
-        if tables and None not in tables:
-            found[name] = [0, min(tables)]
+                elif (bound := _range_of(n, tensor, constants, producers)) is not False:
+                    ranges.append(bound)
+        if ranges and None not in ranges:
+            found[name] = [max(r[0] for r in ranges), min(r[1] for r in ranges)]
     return found

@@ -8,7 +8,9 @@ from core.steps.base import StepParams
 
 # operators only a quantized graph holds
 QUANTIZED_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeLinear",
-                 "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "QLinearAdd", "QLinearMul"}
+                 "MatMulNBits", "QGemm", "QAttention", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QLinearAdd",
+                 "QLinearMul", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool",
+                 "QLinearGlobalAveragePool", "QLinearSoftmax", "QLinearWhere"}
 
 DTYPES_BY_MODE = {
     "dynamic": ("int8",),
