@@ -68,6 +68,7 @@ def test_a_batch_fixed_by_the_graph_is_measured_at_that_batch_only(api, tmp_path
     job, report = submit(api, model, None, "int8", target=FAST)
     assert set(report["baseline"]["metrics"]["latency_ms"]) == {"1"}
     assert any("fixed at 1" in n for n in report["baseline"]["notes"])
+    assert report["normalization"]["changed"]  # checked against the upload one sample at a time
 
 
 @pytest.mark.parametrize("recipe", ["fp16", "int4-weight-only"])

@@ -167,3 +167,23 @@ def test_auto_times_the_float_model_with_the_variants_and_says_which_it_kept(tmp
     kept_float = note.startswith("quantize auto kept the float model")
     assert (out.read_bytes() == src.read_bytes()) == kept_float
     assert kept_float or any(n.op_type == "MatMulInteger" for n in onnx.load(str(out)).graph.node)
+
+
+def test_a_variant_onnxruntime_refuses_is_dropped_with_its_reason(tmp_path):
+    """One int8 variant that does not load (a per-channel QDQ graph at an opset below 13 did not) leaves the
+    others to choose from, and the notes say why it went; none loading is the step's error, not the job's crash."""
+    from core.errors import InvalidRecipe
+    from core.settings import Settings
+    from workers.engine.data import JobData, Split
+    from workers.steps.context import StepContext
+    from workers.steps.quantize import runnable
+
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    _two_layers(good)
+    bad.write_bytes(b"not a graph")
+    split = Split({"x": np.zeros((4, 32), np.float32)})
+    ctx = StepContext(workdir=tmp_path, settings=Settings(), inputs=[], data=JobData(split, split, False))
+    assert runnable({"good": good, "bad": bad}, ctx) == {"good": good}
+    assert any(n.startswith("quantize auto: bad does not load") for n in ctx.notes)
+    with pytest.raises(InvalidRecipe, match="no int8 variant loads"):
+        runnable({"bad": bad}, ctx)

@@ -141,6 +141,17 @@ def job_data(dataset: Path | None, specs: list[TensorSpec], recipe: Recipe) -> J
     return JobData(whole.take(order[n_eval:]), whole.take(np.sort(order[:n_eval])), from_dataset=True)
 
 
+def run_samples(session, samples: Split, n: int, chunk: int = 16) -> list[np.ndarray]:
+    """Every output of an onnxruntime session on the first `n` samples, `chunk` at a time (the graph's own
+    batch size where it fixes one, the incomplete tail dropped)."""
+    fixed = [i.shape[0] for i in session.get_inputs() if i.name in samples.inputs and i.shape and
+             isinstance(i.shape[0], int) and i.shape[0] > 0]
+    chunk, rows = (fixed[0] if fixed else chunk), min(n, len(samples))
+    rows -= rows % chunk if fixed else 0
+    pieces = [session.run(None, samples.feed(slice(i, i + chunk))) for i in range(0, rows, chunk)]
+    return [np.concatenate([p[k] for p in pieces]) for k in range(len(pieces[0]))]
+
+
 def batch_dim(specs: list[TensorSpec]) -> int | None:
     """The model's fixed batch size, or None when the batch dimension is dynamic."""
     return next((s.fixed_batch for s in specs if s.fixed_batch), None)

@@ -27,7 +27,7 @@ import onnx
 
 from core.errors import ErrorCode, without_paths
 from core.steps.quantize import QUANTIZED_OPS
-from workers.engine.data import Split
+from workers.engine.data import Split, run_samples
 
 MIN_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear
 CHECK_SAMPLES = 8
@@ -128,12 +128,11 @@ def _same_outputs(original: Path, normalized: Path, samples: Split) -> tuple[boo
     """Whether both graphs compute the same on the first samples, and the lowest output cosine."""
     import onnxruntime as ort
 
-    feed = samples.feed(slice(0, CHECK_SAMPLES))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    a = ort.InferenceSession(str(original), opts, providers=["CPUExecutionProvider"]).run(None, feed)
-    b = ort.InferenceSession(str(normalized), opts, providers=["CPUExecutionProvider"]).run(None, feed)
+    a, b = (run_samples(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), samples,
+                        CHECK_SAMPLES) for path in (original, normalized))
     worst, same = 1.0, True
     for x, y in zip(a, b, strict=True):
         if x.shape != y.shape or x.dtype != y.dtype:

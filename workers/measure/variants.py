@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.engine.data import Split
+from workers.engine.data import Split, run_samples
 from workers.measure.quality import agreement
 from workers.steps.context import StepContext
 
@@ -38,14 +38,8 @@ def session(path: Path, ctx: StepContext):
 
 
 def outputs(sess, samples: Split, n: int = SAMPLES, chunk: int = 16) -> np.ndarray:
-    """The first output on the first `n` samples, `chunk` at a time (the graph's own batch size where it
-    fixes one)."""
-    fixed = [i.shape[0] for i in sess.get_inputs() if i.name in samples.inputs and i.shape and
-             isinstance(i.shape[0], int) and i.shape[0] > 0]
-    chunk = fixed[0] if fixed else chunk
-    rows = min(n, len(samples))
-    rows -= rows % chunk if fixed else 0
-    return np.concatenate([sess.run(None, samples.feed(slice(i, i + chunk)))[0] for i in range(0, rows, chunk)])
+    """The first output on the first `n` samples."""
+    return run_samples(sess, samples, n, chunk)[0]
 
 
 def latency(sess, samples: Split, batch: int = 1, runs: int = ROUND_RUNS, seconds: float = ROUND_S) -> float:

@@ -18,7 +18,7 @@ from workers.graph.fusion import described, fuse_transformer
 from workers.graph.normalize import quantized_form
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.measure.sensitivity import fallback_layers, quality_goals
-from workers.measure.variants import Trial, fidelities, latencies, latency_text, slowness
+from workers.measure.variants import Trial, fidelities, latencies, latency_text, session, slowness
 from workers.steps import implements
 from workers.steps.context import ModelHandle, StepContext
 
@@ -249,6 +249,7 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
         raise InvalidRecipe("quantize auto: no int8 variant could be built: " + "; ".join(ctx.notes[-len(variants):]),
                             code=ErrorCode.step_not_applicable)
     ctx.checkpoint("quantize auto: measuring the int8 variants")
+    built = runnable(built, ctx)
     fidelity = {**fidelities(src, built, ctx), FLOAT: 1.0}
     contenders = [v for v in built if fidelity[v] >= p.min_fidelity] or [max(built, key=fidelity.__getitem__)]
     files = {**built, FLOAT: src}
@@ -262,6 +263,21 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
                         for v, r in results.items())
     ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: {figures}")
     return None if chosen == FLOAT else (built[chosen], *variants[chosen])
+
+
+def runnable(built: dict[str, Path], ctx: StepContext) -> dict[str, Path]:
+    """The variants onnxruntime can load on the target; the others are dropped with the reason in the notes
+    (a per-channel QDQ graph at an opset below 13 is refused, for one)."""
+    kept = {}
+    for label, path in built.items():
+        try:
+            session(path, ctx)
+            kept[label] = path
+        except Exception as e:
+            ctx.notes.append(f"quantize auto: {label} does not load ({_reason(e)})")
+    if not kept:
+        raise InvalidRecipe("quantize auto: no int8 variant loads on the target", code=ErrorCode.step_not_applicable)
+    return kept
 
 
 def _reason(e: Exception) -> str:
