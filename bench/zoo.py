@@ -510,7 +510,9 @@ def session(path: str, threads: int):
 
 
 def timings(run, arrays: dict[str, np.ndarray], batch: int, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of each of `repeats` runs on the first `batch` samples, after `warmup` untimed ones."""
+    """Milliseconds of each of `repeats` runs on the first `batch` samples, after `warmup` untimed ones. The
+    bench's own loop, like workers/measure/probe.py's but not imported from it: the bench judges whichever
+    engine --engine-commit runs, so its measurement must not change with the engine it measures."""
     feed = {k: v[:batch] for k, v in arrays.items()}
     for _ in range(warmup):
         run(feed)
