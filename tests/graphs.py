@@ -119,3 +119,28 @@ def integer_features(path: Path) -> Path:
     graph = helper.make_graph(nodes, "counts", [_info("counts", TensorProto.INT64, ["batch", 4])],
                               [_info("y", TensorProto.FLOAT, ["batch", 2])], [numpy_helper.from_array(_w(4, 2), "w")])
     return _save(graph, path)
+
+
+def conv_lstm(path: Path, hidden: int = 32) -> Path:
+    """A CRNN text recognizer in miniature: Conv -> Relu over `[batch, 1, 8, width]`, the columns as a sequence
+    into a bidirectional LSTM (most of the weights), then a per-step MatMul to 10 classes."""
+    c = 8
+    nodes = [
+        helper.make_node("Conv", ["x", "cw"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ReduceMean", ["r"], ["m"], axes=[2], keepdims=0, name="pool"),  # [batch, c, width]
+        helper.make_node("Transpose", ["m"], ["seq"], perm=[2, 0, 1], name="to_sequence"),  # [width, batch, c]
+        helper.make_node("LSTM", ["seq", "lw", "lr", "lb"], ["h"], hidden_size=hidden, direction="bidirectional",
+                         name="lstm"),  # [width, 2, batch, hidden]
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1, 3], name="steps"),
+        helper.make_node("Reshape", ["ht", "flat"], ["hf"], name="join_directions"),
+        helper.make_node("MatMul", ["hf", "fc"], ["y"], name="classes"),
+    ]
+    inits = [numpy_helper.from_array(_w(c, 1, 3, 3), "cw"), numpy_helper.from_array(_w(2, 4 * hidden, c), "lw"),
+             numpy_helper.from_array(_w(2, 4 * hidden, hidden) * 0.5, "lr"),
+             numpy_helper.from_array(_w(2, 8 * hidden) * 0.1, "lb"),
+             numpy_helper.from_array(np.array([0, 0, 2 * hidden], np.int64), "flat"),
+             numpy_helper.from_array(_w(2 * hidden, 10), "fc")]
+    graph = helper.make_graph(nodes, "crnn", [_info("x", TensorProto.FLOAT, ["batch", 1, 8, "width"])],
+                              [_info("y", TensorProto.FLOAT, ["width", "batch", 10])], inits)
+    return _save(graph, path)

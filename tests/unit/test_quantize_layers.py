@@ -187,3 +187,31 @@ def test_a_variant_onnxruntime_refuses_is_dropped_with_its_reason(tmp_path):
     assert any(n.startswith("quantize auto: bad does not load") for n in ctx.notes)
     with pytest.raises(InvalidRecipe, match="no int8 variant loads"):
         runnable({"bad": bad}, ctx)
+
+
+def test_static_int8_quantizes_lstm_weights_too(tmp_path):
+    """onnxruntime's static quantization leaves LSTMs in float; in a CNN + LSTM recognizer they hold most of the
+    weights, so static int8 gives them int8 weights (dynamically quantized activations) and says so, in both
+    formats, and the result still computes nearly the same."""
+    from core.settings import Settings
+    from tests import graphs
+    from workers.engine.data import JobData, Split
+    from workers.steps.context import StepContext
+    from workers.steps.quantize import RECURRENT_NOTE, static
+
+    src = graphs.conv_lstm(tmp_path / "crnn.onnx")
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 12)).astype(np.float32)
+    split = Split({"x": x})
+    ctx = StepContext(workdir=tmp_path / "work", settings=Settings(), inputs=[], data=JobData(split, split, True))
+    reference = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+    for form in ("qdq", "qoperator"):
+        out = static(src, tmp_path / f"{form}.onnx", Quantize(mode="static", quant_format=form), ctx)
+        ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+        assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+        assert ops & {"QLinearConv", "QuantizeLinear"}
+        assert out.stat().st_size < 0.5 * src.stat().st_size  # LSTM in float: over 0.9
+        y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].ravel()
+        assert y @ reference / np.linalg.norm(y) / np.linalg.norm(reference) > 0.98
+    assert RECURRENT_NOTE in ctx.notes
+    kept = static(src, tmp_path / "kept.onnx", Quantize(mode="static", exclude=["lstm"]), ctx)
+    assert "LSTM" in {n.op_type for n in onnx.load(str(kept)).graph.node}

@@ -137,7 +137,39 @@ def static(src: Path, out: Path, p: Quantize, ctx: StepContext, only: list[str] 
         extra_options={"CalibPercentile": p.percentile, "ActivationSymmetric": False,
                        "WeightSymmetric": True, "CalibTensorRangeSymmetric": False},
     )
+    recurrent = _recurrent(out, p, only)
+    if recurrent:
+        _recurrent_int8(out, recurrent, p, ctx)
     return out
+
+
+RECURRENT = ("LSTM",)  # recurrent layers onnxruntime quantizes; only dynamically (DynamicQuantizeLSTM)
+RECURRENT_NOTE = ("static int8: LSTM layers take int8 weights with their activations quantized at run time "
+                  "(onnxruntime has no static int8 LSTM)")
+
+
+def _recurrent(path: Path, p: Quantize, only: list[str] | None) -> list[str]:
+    """The LSTM layers static quantization left in float that the settings allow quantizing."""
+    if p.op_types is not None and not set(RECURRENT) & set(p.op_types):
+        return []
+    model = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in RECURRENT and n.name and not matches(n.name, p.exclude)
+            and (only is None or n.name in only)]
+
+
+def _recurrent_int8(path: Path, layers: list[str], p: Quantize, ctx: StepContext) -> None:
+    """Static int8 leaves LSTMs in float, and in a CNN + LSTM recognizer they hold most of the weights: they
+    take int8 weights here, in place (ddddocr's recognizer: 3.9x smaller, not 2.1x, and 3.5x faster, not 1.5x,
+    with QOperator convolutions, at the same fidelity)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    staged = path.with_suffix(".recurrent.onnx")
+    quantize_dynamic(path, staged, op_types_to_quantize=list(RECURRENT), nodes_to_quantize=layers,
+                     per_channel=p.per_channel, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    staged.replace(path)
+    if RECURRENT_NOTE not in ctx.notes:
+        ctx.notes.append(RECURRENT_NOTE)
 
 
 def weight_only(src: Path, out: Path, p: Quantize) -> Path:
