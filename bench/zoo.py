@@ -274,7 +274,10 @@ class _Plain:
                 self.model = model
 
             def forward(self, *args):
-                out = self.model(**dict(zip(inputs, args, strict=True)))
+                named = dict(zip(inputs, args, strict=True))
+                if "input_ids" in named and "attention_mask" not in named:  # else transformers 5 looks for packed
+                    named["attention_mask"] = torch.ones_like(named["input_ids"])  # sequences with aten::diff (no export)
+                out = self.model(**named)
                 return tuple(out[k] for k in outputs)
 
         return Plain()
