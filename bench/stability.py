@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, private_stack(workers=2, PARETO_RATE_LIMIT_PER_S=0) as stack:
         path = args.model or conv_net(Path(tmp) / "conv.onnx")
-        with stack.client("bench") as c:
+        with stack.client() as c:
             model_id = c.post("/v1/models", params={"format": "onnx"}, content=path.read_bytes()).json()["id"]
             stop = threading.Event()
             loader = threading.Thread(target=load, args=(c, model_id, stop), daemon=True)

@@ -275,8 +275,8 @@ class _Plain:
 
             def forward(self, *args):
                 named = dict(zip(inputs, args, strict=True))
-                if "input_ids" in named and "attention_mask" not in named:  # else transformers 5 looks for packed
-                    named["attention_mask"] = torch.ones_like(named["input_ids"])  # sequences with aten::diff (no export)
+                if "input_ids" in named and "attention_mask" not in named:  # transformers 5 then looks for
+                    named["attention_mask"] = torch.ones_like(named["input_ids"])  # packed sequences (aten::diff)
                 out = self.model(**named)
                 return tuple(out[k] for k in outputs)
 

@@ -39,6 +39,9 @@ class Metrics(BaseModel):
 class VsBaseline(BaseModel):
     size_ratio: float = Field(description="candidate size / baseline size (0.25 = 4x smaller)")
     speedup: float | None = Field(None, description="baseline p50 / candidate p50 at the first batch size")
+    speedup_spread: float | None = Field(
+        None, description="how noisy the speed-up is: the larger of the two p50s' side-by-side rounds' spread at "
+        "the first batch size; above 0.15 the candidate's notes say the figure is noisy")
     quality_delta: dict[str, float] = Field(default_factory=dict, description="candidate - baseline")
 
 

@@ -97,3 +97,21 @@ def test_a_candidate_better_anywhere_can_be_recommended():
     smaller, faster, better = cand("s", 50, 1.0, 0.9), cand("f", 100, 0.5, 0.9), cand("b", 100, 1.0, 0.95)
     for c in (smaller, faster, better):
         assert build("j", base, [c], [], _measurement(), result=c.id).recommended == c.id
+
+
+def test_a_speed_up_timed_on_a_loaded_machine_says_how_noisy_it_is():
+    from core.report import Measurement
+    from workers.report.build import build, noise_notes
+
+    base, steady, noisy = cand("baseline", 100, 10.0), cand("c1", 50, 5.0), cand("c2", 50, 5.0)
+    for c, spread in ((base, 0.05), (steady, 0.08), (noisy, 0.40)):
+        c.metrics.latency_ms["1"].spread = spread
+    assert noise_notes(steady, base) == []
+    (note,) = noise_notes(noisy, base)
+    assert "batch 1 is noisy" in note and "40%" in note and "2.00x" in note
+    how = Measurement(device="cpu", providers=["CPUExecutionProvider"], threads=1, warmup=1, repeats=5,
+                      batch_sizes=[1], inputs="generated", samples=8)
+    report = build("j", base, [steady, noisy], [], how, result="c1")
+    assert report.candidates[1].vs_baseline.speedup_spread == 0.40
+    assert report.candidates[0].vs_baseline.speedup_spread == 0.08
+    assert report.candidates[1].notes.count(note) == 1

@@ -51,7 +51,30 @@ def vs_baseline(c: Candidate, base: Candidate) -> VsBaseline:
         speedup = b50 / c50
     delta = {k: v - base.metrics.quality[k] for k, v in c.metrics.quality.items() if k in base.metrics.quality}
     return VsBaseline(size_ratio=c.metrics.size_bytes / base.metrics.size_bytes, speedup=speedup,
-                      quality_delta=delta)
+                      speedup_spread=_spread(c, base), quality_delta=delta)
+
+
+NOISY = 0.15  # side-by-side rounds spread wider than this: the speed-up is said to be noisy
+
+
+def _spread(c: Candidate, base: Candidate) -> float | None:
+    first = next(iter(base.metrics.latency_ms), None)
+    ours, theirs = c.metrics.latency_ms.get(first), base.metrics.latency_ms.get(first)
+    if ours is None or theirs is None or (ours.spread is None and theirs.spread is None):
+        return None
+    return max(ours.spread or 0, theirs.spread or 0)
+
+
+def noise_notes(c: Candidate, base: Candidate) -> list[str]:
+    """Where the machine was too loaded for a speed-up to be read closely, how loosely to read it."""
+    said = []
+    for batch, lat in c.metrics.latency_ms.items():
+        ref = base.metrics.latency_ms.get(batch)
+        spread = max(lat.spread or 0, ref.spread or 0) if ref else 0
+        if spread > NOISY:
+            said.append(f"speed-up at batch {batch} is noisy: {ref.p50 / lat.p50:.2f}x, but the side-by-side rounds "
+                        f"spread {spread:.0%} (the machine was loaded); read it as within about +-{spread / 2:.0%}")
+    return said
 
 
 SLOWER = 1.02  # p50 above the baseline's by more than this factor is reported as a regression
@@ -101,6 +124,8 @@ def build(job_id: str, baseline: Candidate, candidates: list[Candidate], goals: 
         c.goals_met = all(r.met for r in c.goals)
         c.vs_baseline = vs_baseline(c, baseline)
         c.regressions = regressions(c, baseline) if c is not baseline else []
+        if c is not baseline:
+            c.notes += [n for n in noise_notes(c, baseline) if n not in c.notes]
     objs = G.objectives(goals)
     meeting = [c for c in candidates if c.goals_met]
     lost = {c.id: why for c in candidates if (why := loses_to_baseline(c, baseline))}
