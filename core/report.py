@@ -11,8 +11,10 @@ class Latency(BaseModel):
     p50: float
     p90: float
     p99: float
-    spread: float | None = Field(None, description="when timed side by side with the baseline: how far the "
-                                 "rounds' medians lay apart, (highest - lowest) / p50; p50 is their median")
+    spread: float | None = Field(None, description="when timed side by side with the baseline: for the baseline, "
+                                 "how far its rounds' medians lay apart, (highest - lowest) / p50; for a candidate, "
+                                 "how far its per-round ratios to the baseline did (its p50 is the baseline's over "
+                                 "their median)")
 
 
 class Fidelity(BaseModel):
@@ -40,8 +42,8 @@ class VsBaseline(BaseModel):
     size_ratio: float = Field(description="candidate size / baseline size (0.25 = 4x smaller)")
     speedup: float | None = Field(None, description="baseline p50 / candidate p50 at the first batch size")
     speedup_spread: float | None = Field(
-        None, description="how noisy the speed-up is: the larger of the two p50s' side-by-side rounds' spread at "
-        "the first batch size; above 0.15 the candidate's notes say the figure is noisy")
+        None, description="how noisy the speed-up is: the spread of the candidate's per-round ratios to the "
+        "baseline at the first batch size; above 0.15 the candidate's notes say the figure is noisy")
     quality_delta: dict[str, float] = Field(default_factory=dict, description="candidate - baseline")
 
 

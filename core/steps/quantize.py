@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core.steps.base import StepParams
 
@@ -19,6 +19,19 @@ DTYPES_BY_MODE = {
     "weight_only": ("int4",),
     "float": ("fp16", "bf16"),
 }
+
+
+class Smooth(BaseModel):
+    """SmoothQuant: activation outliers moved into the weights before int8 (see Quantize.smooth)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alpha: float | None = Field(
+        None, gt=0, lt=1, description="How much of each channel's range moves into the weights (0.5: half, "
+        "in the geometric sense). Unset: 0.5, 0.65 and 0.8 are tried and the one whose dynamic int8 keeps the "
+        "highest fidelity is taken.")
+    calibration_samples: int = Field(64, ge=1, le=4096, description="Samples whose activation ranges are "
+                                     "measured (the job's dataset, else its generated inputs; the notes say which).")
 
 
 class Quantize(StepParams):
@@ -63,6 +76,13 @@ class Quantize(StepParams):
         "times slower than float on CPU. static: Conv, MatMul, Gemm and the ops around them.",
     )
     exclude: list[str] = Field(default_factory=list, description="Node-name globs to keep in float.")
+    smooth: Smooth | None = Field(
+        None, description="int8 (dynamic, static, auto): SmoothQuant first. Each MatMul's input channels are "
+        "divided by a scale and its weight rows multiplied by it (folded into the LayerNormalization before, "
+        "else one Mul), so the few activation channels that run far larger than the others stop setting the "
+        "whole tensor's int8 scale. The float graph is checked to compute the same (cosine 0.99999) before it is "
+        "quantized. auto also tries it unasked where a MatMul input has a channel over 8x the median channel's "
+        "range. The notes give the alpha and the outlier ratio before and after, per layer.")
     min_fidelity: float = Field(0.99, gt=0, le=1, description="auto: the cosine / top-1 agreement to keep.")
     keep_float_if_faster: bool = Field(
         False, description="auto: also time the input model, and keep it unquantized when it is faster on the "
@@ -84,6 +104,8 @@ class Quantize(StepParams):
             raise ValueError("quant_format applies to mode static (auto tries both formats on a CPU target)")
         if self.channel_spread is not None and not (self.mode == "dynamic" and self.per_channel):
             raise ValueError("channel_spread applies to mode dynamic with per_channel")
+        if self.smooth is not None and self.mode not in ("dynamic", "static", "auto"):
+            raise ValueError("smooth applies to int8: mode dynamic, static or auto")
         if self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError("block_size must be 16, 32, 64, 128 or 256")
         return self

@@ -139,7 +139,9 @@ def side_by_side(spec: dict) -> dict:
     """p50 of several models timed in interleaved rounds in this one process: each round makes each model's
     session afresh, in an order that starts one model later every round, and times `runs` runs at each batch
     size; load that comes and goes on the machine then slows every model alike. Returns, per model and batch
-    size, the median of the rounds' medians and their spread ((highest - lowest) / median)."""
+    size, the median of the rounds' medians and their spread ((highest - lowest) / median). The first model is the
+    reference: every other model's p50 is the reference's over the median of the two's per-round ratios, and its
+    spread that of the ratios, so that a round slowed by load elsewhere slows both sides of its ratio alike."""
     arrays, whole = _split(spec)
     models, batches, rounds = spec["models"], spec["batch_sizes"], spec["rounds"]
     runs = max(3, -(-spec["repeats"] // rounds))
@@ -156,10 +158,15 @@ def side_by_side(spec: dict) -> dict:
                     times += timings(run, arrays, whole, batch, 0, 1)
                 medians[name][batch].append(float(np.median(times)))
             del run
+    reference = medians[order[0]]
     out = {}
     for name, per_batch in medians.items():
-        out[name] = {str(b): {"p50": float(np.median(v)), "spread": float((max(v) - min(v)) / np.median(v))}
-                     for b, v in per_batch.items()}
+        out[name] = {}
+        for b, v in per_batch.items():
+            ratios = v if name == order[0] else [t / r for t, r in zip(v, reference[b], strict=True)]
+            scale = 1.0 if name == order[0] else float(np.median(reference[b]))
+            middle = float(np.median(ratios))
+            out[name][str(b)] = {"p50": middle * scale, "spread": float((max(ratios) - min(ratios)) / middle)}
     return out
 
 

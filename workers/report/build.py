@@ -60,9 +60,7 @@ NOISY = 0.15  # side-by-side rounds spread wider than this: the speed-up is said
 def _spread(c: Candidate, base: Candidate) -> float | None:
     first = next(iter(base.metrics.latency_ms), None)
     ours, theirs = c.metrics.latency_ms.get(first), base.metrics.latency_ms.get(first)
-    if ours is None or theirs is None or (ours.spread is None and theirs.spread is None):
-        return None
-    return max(ours.spread or 0, theirs.spread or 0)
+    return None if ours is None or theirs is None else _noise(ours, theirs)
 
 
 def noise_notes(c: Candidate, base: Candidate) -> list[str]:
@@ -70,7 +68,7 @@ def noise_notes(c: Candidate, base: Candidate) -> list[str]:
     said = []
     for batch, lat in c.metrics.latency_ms.items():
         ref = base.metrics.latency_ms.get(batch)
-        spread = max(lat.spread or 0, ref.spread or 0) if ref else 0
+        spread = (_noise(lat, ref) or 0) if ref else 0
         if spread > NOISY:
             said.append(f"speed-up at batch {batch} is noisy: {ref.p50 / lat.p50:.2f}x, but the side-by-side rounds "
                         f"spread {spread:.0%} (the machine was loaded); read it as within about +-{spread / 2:.0%}")
@@ -96,9 +94,15 @@ FASTER = 1.02  # a p50 below the baseline's by more than this factor (or half th
 
 
 def _margin(a: Latency, b: Latency) -> float:
-    """How much lower a p50 must be to count as faster: FASTER, or half the larger spread of the side-by-side
-    rounds where the machine was noisier than that."""
-    return max(FASTER, 1 + max(a.spread or 0, b.spread or 0) / 2)
+    """How much lower a p50 must be to count as faster: FASTER, or half the spread of the side-by-side rounds
+    where the machine was noisier than that."""
+    return max(FASTER, 1 + (_noise(a, b) or 0) / 2)
+
+
+def _noise(candidate: Latency, baseline: Latency) -> float | None:
+    """How uncertain the ratio of the two p50s is: the spread of the candidate's per-round ratios to the baseline
+    when they were timed side by side, else the baseline's own."""
+    return candidate.spread if candidate.spread is not None else baseline.spread
 
 
 def loses_to_baseline(c: Candidate, base: Candidate) -> str | None:

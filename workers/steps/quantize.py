@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 
 from core.errors import ErrorCode, InvalidRecipe, without_paths
-from core.steps.quantize import QUANTIZED_OPS, Quantize
+from core.steps.quantize import QUANTIZED_OPS, Quantize, Smooth
 from workers.engine.data import Split
+from workers.graph import smooth as smoothing
 from workers.graph.fusion import described, fuse_transformer
 from workers.graph.normalize import quantized_form
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
@@ -236,6 +237,8 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
     if p.mode == "static" and not ctx.from_dataset:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
                             code=ErrorCode.dataset_required)
+    if p.smooth is not None and p.mode != "auto":
+        src = smoothed(src, p, ctx) or src
     if p.mode == "auto":
         chosen = auto(src, p, ctx)
         if chosen is None:  # the float input was faster on the target than any int8 variant
@@ -317,18 +320,22 @@ def _reason(e: Exception) -> str:
     return without_paths(f"{type(e).__name__}: {first}")
 
 
+SAME_SIZE = 1.01  # files within 1 % of the smallest of the equally fast ones: the most faithful wins
 WORTH = 1.10  # a file at most HALF the size is worth being this much slower than the fastest at any batch size
 HALF = 0.5
 
 
 def quickest(labels: list[str], results: dict[str, Trial], files: dict[str, Path]) -> str:
-    """The fastest of `labels` at its worst batch size, the smallest file among those within TIE of it; but a
+    """The fastest of `labels` at its worst batch size, the smallest file among those within TIE of it (the most
+    faithful among files within SAME_SIZE of that one: SmoothQuant's scales cost some KB); but a
     file at most half that one's size within WORTH of the fastest wins (on a MobileNet, static int8 in 28 % of
     the bytes ran 1-6 % behind a dynamic variant that had quantized almost nothing)."""
     slow = slowness({v: results[v] for v in labels})
     size = {v: files[v].stat().st_size for v in labels}
     tied = [v for v in labels if slow[v] <= min(slow.values()) * TIE]
-    best = min(tied, key=lambda v: (size[v], -results[v].fidelity))
+    smallest = min(size[v] for v in tied)
+    near = [v for v in tied if size[v] <= smallest * SAME_SIZE]  # a few KB of scales buy no footprint
+    best = max(near, key=lambda v: (results[v].fidelity, -size[v]))
     worth = [v for v in labels if slow[v] <= WORTH and size[v] <= size[best] * HALF]  # WORTH of the best everywhere
     return min(worth, key=lambda v: (size[v], -results[v].fidelity)) if worth else best
 
@@ -345,6 +352,9 @@ def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quant
     if counts:
         sources["fused "] = fused
         ctx.notes.append(f"quantize auto: transformer layers fused for the fused variants ({described(counts)})")
+    smooth = smoothed(src, p, ctx, only_if_outliers=p.smooth is None)
+    if smooth is not None:
+        sources["smoothed "] = smooth
     static = (ctx.from_dataset or conv_heavy(src)) and _has_float_weights(src)
     if static and not ctx.from_dataset:
         ctx.notes.append(SYNTHETIC)
@@ -361,6 +371,53 @@ def _variants(src: Path, p: Quantize, ctx: StepContext) -> dict[str, tuple[Quant
             variants[f"{prefix}dynamic per-layer"] = (p.model_copy(update={
                 "mode": "dynamic", "per_channel": True, "channel_spread": MIXED_SPREAD}), source)
     return variants
+
+
+ALPHAS = (0.5, 0.65, 0.8)  # SmoothQuant strengths tried when none is given
+OUTLIERS = 8.0  # auto smooths unasked where a MatMul input's widest channel spans this many median channels
+SAME = 0.99999  # the smoothed float graph must agree with its source this closely (worst sample's cosine)
+
+
+def smoothed(src: Path, p: Quantize, ctx: StepContext, only_if_outliers: bool = False) -> Path | None:
+    """The graph with SmoothQuant applied (workers/graph/smooth.py), its alpha given or chosen by the fidelity of
+    dynamic int8 on it; None where there is nothing to smooth, no outlier worth it (only_if_outliers), or the
+    smoothed graph does not compute the same. The notes say which and why."""
+    graph = Graph.load(src)
+    found = smoothing.groups(graph)
+    if not found:
+        if not only_if_outliers:
+            ctx.notes.append("SmoothQuant: no MatMul with a constant weight to smooth")
+        return None
+    settings = p.smooth or Smooth()
+    samples = ctx.calibration.head(settings.calibration_samples)
+    ranges = smoothing.channel_ranges(src, [g.tensor for g in found], samples, ctx.providers)
+    worst = max(smoothing.outlier_ratio(r) for r in ranges.values())
+    if only_if_outliers and worst < OUTLIERS:
+        return None
+    alphas = [settings.alpha] if settings.alpha else list(ALPHAS)
+    tried: dict[float, tuple[smoothing.Smoothed, float | None]] = {}
+    for alpha in alphas:
+        ctx.checkpoint(f"quantize: SmoothQuant alpha {alpha}")
+        result = smoothing.smooth(src, ctx.path(f"smoothed-{alpha}.onnx"), ranges, alpha)
+        agreement = smoothing.outputs_agree(src, result.path, ctx.samples.head(16), ctx.providers)
+        if agreement < SAME:
+            ctx.notes.append(f"SmoothQuant alpha {alpha} dropped: the float graph changed (cosine {agreement:.6f})")
+            continue
+        fidelity = None
+        if len(alphas) > 1:
+            trial = p.model_copy(update={"mode": "dynamic", "channel_spread": None, "smooth": None})
+            quantized = dynamic(result.path, ctx.path(f"smoothed-{alpha}-int8.onnx"), trial)
+            fidelity = fidelities(src, {"q": quantized}, ctx)["q"]
+        tried[alpha] = (result, fidelity)
+    if not tried:
+        return None
+    alpha = max(tried, key=lambda a: tried[a][1] or 0)
+    result = tried[alpha][0]
+    chosen = "" if len(alphas) == 1 else " (chosen by dynamic int8 fidelity: " + ", ".join(
+        f"{a} {f:.4f}" for a, (_, f) in tried.items()) + ")"
+    where = "" if ctx.from_dataset else "; activation ranges from generated inputs (upload a dataset for real ones)"
+    ctx.notes.append(f"{result.summary()}{chosen}{where}")
+    return result.path
 
 
 SYNTHETIC = ("static int8 calibrated on synthetic inputs (data.generated); upload a dataset for faithful "
