@@ -144,3 +144,29 @@ def conv_lstm(path: Path, hidden: int = 32) -> Path:
     graph = helper.make_graph(nodes, "crnn", [_info("x", TensorProto.FLOAT, ["batch", 1, 8, "width"])],
                               [_info("y", TensorProto.FLOAT, ["width", "batch", 10])], inits)
     return _save(graph, path)
+
+
+def outlier_block(path: Path, width: int = 64, post_norm: bool = False) -> Path:
+    """A transformer feed-forward block whose activations have outlier channels, as trained transformers'
+    do: LayerNormalization (a few channels' scale 40x the rest) -> MatMul -> Relu -> MatMul, plus the residual.
+    Pre-norm: the residual is the block's input and the normalized tensor feeds only the first MatMul.
+    Post-norm (BERT): the residual is the normalized tensor itself, so it also feeds the Add."""
+    rng = np.random.default_rng(3)
+    gamma = np.ones(width, np.float32)
+    gamma[[3, 17, 40]] = 40.0
+    w1 = (rng.standard_normal((width, 2 * width)) * 0.1).astype(np.float32)
+    w1[:, [5, 9]] *= 20  # two hidden channels run hot after the Relu too
+    w2 = (rng.standard_normal((2 * width, width)) * 0.1).astype(np.float32)
+    residual = "n" if post_norm else "x"
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], axis=-1, name="norm"),
+        helper.make_node("MatMul", ["n", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["a"], name="act"),
+        helper.make_node("MatMul", ["a", "w2"], ["o"], name="fc2"),
+        helper.make_node("Add", ["o", residual], ["y"], name="residual"),
+    ]
+    inits = [numpy_helper.from_array(gamma, "gamma"), numpy_helper.from_array(_w(width) * 0.1, "beta"),
+             numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    graph = helper.make_graph(nodes, "block", [_info("x", TensorProto.FLOAT, ["batch", 16, width])],
+                              [_info("y", TensorProto.FLOAT, ["batch", 16, width])], inits)
+    return _save(graph, path, opset=17)

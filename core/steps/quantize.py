@@ -82,7 +82,7 @@ class Quantize(StepParams):
         "else one Mul), so the few activation channels that run far larger than the others stop setting the "
         "whole tensor's int8 scale. The float graph is checked to compute the same (cosine 0.99999) before it is "
         "quantized. auto also tries it unasked where a MatMul input has a channel over 8x the median channel's "
-        "range. The notes give the alpha and the outlier ratio before and after, per layer.")
+        "range. The notes give the alpha and each layer's outlier ratio before and after.")
     min_fidelity: float = Field(0.99, gt=0, le=1, description="auto: the cosine / top-1 agreement to keep.")
     keep_float_if_faster: bool = Field(
         False, description="auto: also time the input model, and keep it unquantized when it is faster on the "

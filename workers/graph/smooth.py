@@ -88,11 +88,12 @@ class Smoothed:
     before: dict[str, float]  # MatMul group (its first layer's name) -> outlier ratio of its input
     after: dict[str, float]
 
-    def summary(self, worst: int = 3) -> str:
-        top = sorted(self.before, key=self.before.__getitem__, reverse=True)[:worst]
-        said = ", ".join(f"{k} {self.before[k]:.1f} -> {self.after[k]:.1f}" for k in top)
-        return (f"SmoothQuant alpha {self.alpha}: {len(self.before)} MatMul inputs smoothed; outlier ratio "
-                f"(widest channel / median) worst {said}")
+    def summary(self) -> str:
+        """Every smoothed layer's outlier ratio before and after, the worst first."""
+        order = sorted(self.before, key=self.before.__getitem__, reverse=True)
+        said = ", ".join(f"{k} {self.before[k]:.1f} -> {self.after[k]:.1f}" for k in order)
+        return (f"SmoothQuant alpha {self.alpha}: {len(self.before)} MatMul inputs smoothed; outlier ratio of each "
+                f"(widest channel / median channel), before -> after: {said}")
 
 
 def smooth(src: Path, out: Path, ranges: dict[str, np.ndarray], alpha: float) -> Smoothed:
