@@ -169,11 +169,14 @@ def test_minilm_int8_and_structured_pruning_onnx(api, minilm, sentences):
     assert "fused dynamic per-channel fidelity" in chose  # the fused graph's variants were measured too
     fused_ops = {"QAttention", "SkipLayerNormalization"} & op_types(artifacts(api, job)["model.onnx"])
     assert bool(fused_ops) == chose.startswith("quantize auto chose fused")
-    assert "smoothed dynamic per-channel fidelity" in chose  # its activations have outliers: SmoothQuant was tried
+    fidelity = {v.split(" fidelity ")[0]: float(v.split(" fidelity ")[1].split(",")[0])
+                for v in chose.split(": ", 1)[1].split("; ")}
+    # its activations have outliers, so SmoothQuant was tried, and keeps more than plain dynamic int8
+    assert fidelity["smoothed dynamic per-channel"] > fidelity["dynamic per-channel"] + 0.002
     job, report = run_job(api, model, data, [{"quantize": {"mode": "dynamic", "smooth": {"alpha": 0.8}}}])
     notes = report["candidates"][0]["notes"]
     assert any(n.startswith("SmoothQuant alpha 0.8: 24 MatMul inputs smoothed") for n in notes)
-    assert metrics(report, "c1")["fidelity"]["cosine"] >= 0.995  # plain dynamic int8: about 0.993
+    assert metrics(report, "c1")["fidelity"]["cosine"] > fidelity["dynamic per-channel"] + 0.002
     steps = [{"prune": {"method": "structured", "ratio": 0.5}}, {"optimize_graph": {"level": "extended"}}]
     job, report = run_job(api, model, data, steps)
     base, pruned, fused = metrics(report, "baseline"), metrics(report, "c1"), metrics(report, "c2")
