@@ -72,7 +72,7 @@ class Row:
     path: Path | None = None  # the measured file, for later rounds
 
 
-def _bench(ref: Reference, steps: list[dict], batches: list[int], repeats: int):
+def job_setup(ref: Reference, steps: list[dict], batches: list[int], repeats: int):
     """The job data and the Bench a job with `steps` on `ref` would have (the same split, the same probe)."""
     recipe = Recipe.model_validate({"steps": steps or [{"optimize_graph": {"level": "basic"}}],
                                     "target": {"batch_sizes": batches, "repeats": repeats, "warmup": 3}})
@@ -97,7 +97,7 @@ def _row(ref: Reference, label: str, bench: Bench, model: Path, baseline_outputs
 def measure_chain(ref: Reference, label: str, steps: list[dict], batches: list[int], repeats: int,
                   baseline_outputs=None) -> tuple[Row, list]:
     """Applies `steps` to the reference model and measures the result like a job's candidate."""
-    recipe, data, bench, work = _bench(ref, steps, batches, repeats)
+    recipe, data, bench, work = job_setup(ref, steps, batches, repeats)
     handle, start = ModelHandle(ref.onnx), time.monotonic()
     teachers = {"baseline": ref.onnx}
     for i, step in enumerate(recipe.steps if steps else [], 1):
@@ -112,7 +112,7 @@ def measure_onnx(ref: Reference, label: str, onnx_path: Path, batches: list[int]
                  baseline_outputs=None, seconds: float = 0.0) -> tuple[Row, list]:
     """Measures any ONNX file for `ref` (e.g. another tool's output) exactly as measure_chain measures a
     candidate: the same evaluation data, Bench settings, probe process and quality figure."""
-    _, _, bench, _ = _bench(ref, [], batches, repeats)
+    _, _, bench, _ = job_setup(ref, [], batches, repeats)
     return _row(ref, label, bench, onnx_path, baseline_outputs, seconds)
 
 
@@ -126,15 +126,16 @@ def remeasure(ref: Reference, rows: list[Row], rounds: int, repeats: int, batche
     from workers.measure import probe
 
     print(f"  measuring every {ref.name} output side by side, {rounds} round(s) ...", flush=True)
-    _, _, bench, _ = _bench(ref, [], batches, repeats)
-    arrays = dict(np.load(bench.inputs_path, allow_pickle=False))
+    _, _, bench, _ = job_setup(ref, [], batches, repeats)
     specs = [bench.spec(row.path) for row in rows]
+    arrays, whole = probe.eval_inputs(specs[0])
     p50s: list[dict[str, list[float]]] = [{b: [] for b in row.latency} for row in rows]
     for k in range(rounds):
         for b in batches:  # all files at one batch size, then the next: a round's batch-1 times lie seconds apart
             for i in [*range(k % len(rows), len(rows)), *range(k % len(rows))]:
                 if str(b) in p50s[i]:  # a session made for these runs only (why: workers/measure/variants.py)
-                    times = probe.timings(probe.runner(specs[i])[0], arrays, b, bench.target.warmup, repeats)
+                    times = probe.timings(probe.runner(specs[i])[0], arrays, whole, b, bench.target.warmup,
+                                          repeats)
                     p50s[i][str(b)].append(float(np.median(times)))
     for row, found in zip(rows, p50s, strict=True):
         row.latency = {b: float(np.median(values)) for b, values in found.items()}

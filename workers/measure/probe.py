@@ -34,7 +34,7 @@ def _feed(arrays: dict[str, np.ndarray], start: int, rows: int) -> dict[str, np.
     return {k: v[idx] for k, v in arrays.items()}
 
 
-def _split(spec: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def eval_inputs(spec: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The evaluation inputs: those with a batch axis, and those fed whole on every run."""
     arrays = dict(np.load(spec["inputs"], allow_pickle=False))
     fixed = {k: arrays.pop(k) for k in spec.get("unbatched", [])}
@@ -106,7 +106,7 @@ def timings(run, arrays, whole, batch: int, warmup: int, repeats: int) -> list[f
 
 
 def measure(spec: dict) -> dict:
-    arrays, whole = _split(spec)
+    arrays, whole = eval_inputs(spec)
     rss_before = _status_kb("VmRSS")
     run, providers, note = runner(spec)
     fixed = spec.get("fixed_batch")
@@ -142,7 +142,7 @@ def side_by_side(spec: dict) -> dict:
     size, the median of the rounds' medians and their spread ((highest - lowest) / median). The first model is the
     reference: every other model's p50 is the reference's over the median of the two's per-round ratios, and its
     spread that of the ratios, so that a round slowed by load elsewhere slows both sides of its ratio alike."""
-    arrays, whole = _split(spec)
+    arrays, whole = eval_inputs(spec)
     models, batches, rounds = spec["models"], spec["batch_sizes"], spec["rounds"]
     runs = max(3, -(-spec["repeats"] // rounds))
     medians: dict[str, dict[int, list[float]]] = {m: {b: [] for b in batches} for m in models}
