@@ -23,8 +23,9 @@ _BUILTIN: dict[str, dict] = {
     },
     "int4-weight-only": {
         "description": (
-            "4-bit weights in blocks of 32 (onnxruntime MatMulNBits) for the matrix multiplications; "
-            "activations stay in float. About 6-7x smaller on the MatMul weights. Use it when memory or "
+            "4-bit weights in blocks of 32 (onnxruntime MatMulNBits) for the matrix multiplications, and the "
+            "embedding tables in 4-bit blocks too (GatherBlockQuantized); activations stay in float. About 6-7x "
+            "smaller on those weights. Use it when memory or "
             "download size matters most (large language or embedding models); measure the fidelity, it "
             "costs more than int8. Needs no dataset."
         ),

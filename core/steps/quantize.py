@@ -69,6 +69,11 @@ class Quantize(StepParams):
     calibration_samples: int = Field(128, ge=1, le=10000, description="Samples used to calibrate (static).")
     block_size: int = Field(32, description="Weights per quantization block (weight_only): 16, 32, 64, 128 or 256.")
     symmetric: bool = Field(True, description="Symmetric int4 blocks (weight_only).")
+    embeddings: bool = Field(
+        True, description="weight_only: embedding tables (a Gather from a constant float table of 64 rows or more: "
+        "token and position embeddings) in 4-bit blocks too (onnxruntime's GatherBlockQuantized; the graph's opset "
+        "is raised to 21 for it). In a small text encoder they are half the weights: all-MiniLM-L6-v2 came out "
+        "6.3x smaller instead of 1.7x, at cosine 0.962 instead of 0.967.")
     op_types: list[str] | None = Field(
         None,
         description="Operator types to quantize. Default: dynamic MatMul, Gemm, Attention, Gather "
@@ -104,6 +109,8 @@ class Quantize(StepParams):
             raise ValueError("quant_format applies to mode static (auto tries both formats on a CPU target)")
         if self.channel_spread is not None and not (self.mode == "dynamic" and self.per_channel):
             raise ValueError("channel_spread applies to mode dynamic with per_channel")
+        if not self.embeddings and self.mode != "weight_only":
+            raise ValueError("embeddings applies to mode weight_only (int8 quantizes embedding tables anyway)")
         if self.smooth is not None and self.mode not in ("dynamic", "static", "auto"):
             raise ValueError("smooth applies to int8: mode dynamic, static or auto")
         if self.block_size not in (16, 32, 64, 128, 256):

@@ -215,3 +215,41 @@ def test_static_int8_quantizes_lstm_weights_too(tmp_path):
     assert RECURRENT_NOTE in ctx.notes
     kept = static(src, tmp_path / "kept.onnx", Quantize(mode="static", exclude=["lstm"]), ctx)
     assert "LSTM" in {n.op_type for n in onnx.load(str(kept)).graph.node}
+
+
+def test_int4_stores_embedding_tables_in_four_bits_too(tmp_path):
+    """A token embedding (Gather from a 1000 x 64 table) into a MatMul: weight-only int4 quantizes both, raising
+    the opset to 21 as onnxruntime's 4-bit Gather needs; with embeddings off the table stays float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from core.settings import Settings
+    from workers.engine.data import JobData, Split
+    from workers.steps.context import StepContext
+    from workers.steps.quantize import weight_only
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("ReduceL2", ["e"], ["n"], axes=[2], keepdims=1, name="norm"),  # axes: an attribute at 17
+         helper.make_node("Div", ["e", "n"], ["u"], name="unit"),
+         helper.make_node("MatMul", ["u", "w"], ["y"], name="head")],
+        "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8, 64])],
+        [numpy_helper.from_array(rng.normal(size=(1000, 64)).astype(np.float32), "table"),
+         numpy_helper.from_array(rng.normal(size=(64, 64)).astype(np.float32), "w")])
+    src = tmp_path / "emb.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    split = Split({"ids": rng.integers(0, 1000, (4, 8))})
+    ctx = StepContext(workdir=tmp_path / "w", settings=Settings(), inputs=[], data=JobData(split, split, False))
+    both = weight_only(src, tmp_path / "both.onnx", Quantize(mode="weight_only"), ctx)
+    only = weight_only(src, tmp_path / "only.onnx", Quantize(mode="weight_only", embeddings=False), ctx)
+    ops = {n.op_type for n in onnx.load(str(both)).graph.node}
+    assert {"GatherBlockQuantized", "MatMulNBits"} <= ops
+    assert "GatherBlockQuantized" not in {n.op_type for n in onnx.load(str(only)).graph.node}
+    assert both.stat().st_size < 0.3 * only.stat().st_size
+    assert any(n.startswith("int4: 1 embedding tables in 4-bit blocks") for n in ctx.notes)
+    feed = {"ids": split.inputs["ids"]}
+    y, ref = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0] for p in (both, src))
+    assert float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref)) > 0.95
+    with pytest.raises(ValidationError, match="embeddings"):
+        Quantize(mode="dynamic", embeddings=False)

@@ -47,7 +47,7 @@ def quantized_form(model: onnx.ModelProto) -> str | None:
     return ", ".join(found) or None
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
@@ -71,8 +71,8 @@ def reasons(model: onnx.ModelProto) -> list[str]:
         found.append(f"{unfolded} BatchNormalization not folded")
     if _duplicates(model):
         found.append("weights stored more than once")
-    if 0 < _opset(model) < MIN_OPSET:
-        found.append(f"opset {_opset(model)}")
+    if 0 < default_opset(model) < MIN_OPSET:
+        found.append(f"opset {default_opset(model)}")
     return found
 
 
@@ -160,7 +160,7 @@ def _normalize(src: Path, out: Path, samples: Split) -> dict:
     if not why:
         out.write_bytes(src.read_bytes())
         return {"changed": False, "quantized": None, "notes": []}
-    before, opset = _counts(original), _opset(original)
+    before, opset = _counts(original), default_opset(original)
     work = out.with_suffix(".level1.onnx")
     _optimized(src, work)
     model = onnx.load(str(work))

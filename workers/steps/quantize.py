@@ -16,7 +16,7 @@ from core.steps.quantize import QUANTIZED_OPS, Quantize, Smooth
 from workers.engine.data import Split
 from workers.graph import smooth as smoothing
 from workers.graph.fusion import described, fuse_transformer
-from workers.graph.normalize import quantized_form
+from workers.graph.normalize import default_opset, quantized_form
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
 from workers.measure.sensitivity import fallback_layers, quality_goals
 from workers.measure.variants import Trial, fidelities, latencies, latency_text, session, slowness
@@ -173,17 +173,46 @@ def _recurrent_int8(path: Path, layers: list[str], p: Quantize, ctx: StepContext
         ctx.notes.append(RECURRENT_NOTE)
 
 
-def weight_only(src: Path, out: Path, p: Quantize) -> Path:
+def weight_only(src: Path, out: Path, p: Quantize, ctx: StepContext) -> Path:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     graph = Graph.load(src)
     gemm_as_matmul(graph)  # the int4 kernel is a MatMul: Linear layers exported as Gemm take it too
-    model = graph.model
-    config = DefaultWeightOnlyQuantConfig(block_size=p.block_size, is_symmetric=p.symmetric)
+    model, ops, axes = graph.model, ("MatMul",), (("MatMul", 0),)
+    tables = embedding_tables(graph) if p.embeddings else []
+    if tables:
+        try:  # onnxruntime's 4-bit Gather needs opset 21 and raises the opset without converting the graph
+            model = onnx.version_converter.convert_version(model, INT4_GATHER_OPSET) \
+                if 0 < default_opset(model) < INT4_GATHER_OPSET else model
+            ops, axes = (*ops, "Gather"), (*axes, ("Gather", 1))
+            ctx.notes.append(f"int4: {len(tables)} embedding tables in 4-bit blocks too (GatherBlockQuantized), "
+                             f"{sum(tables.values()) / 1e6:.1f} M weights")
+        except Exception as e:
+            ctx.notes.append(f"int4: embedding tables kept in float: opset {default_opset(model)} could not be "
+                             f"raised to {INT4_GATHER_OPSET} ({_reason(e)})")
+    config = DefaultWeightOnlyQuantConfig(block_size=p.block_size, is_symmetric=p.symmetric,
+                                          op_types_to_quantize=ops, quant_axes=axes)
     quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=_excluded(src, p), algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
     return out
+
+
+INT4_GATHER_OPSET = 21
+EMBEDDING_ROWS = 64  # a Gather from a constant float table of at least this many rows is an embedding
+
+
+def embedding_tables(graph: Graph) -> dict[str, int]:
+    """Gather node -> weights, for each lookup in a constant 2-D float table (token, position embeddings)."""
+    found = {}
+    for n in graph.g.node:
+        table = graph.inits.get(n.input[0]) if n.op_type == "Gather" else None
+        attrs = {a.name: a.i for a in n.attribute}
+        if (table is not None and len(table.dims) == 2 and table.dims[0] >= EMBEDDING_ROWS
+                and table.data_type == onnx.TensorProto.FLOAT and attrs.get("axis", 0) == 0):
+            found[n.name or n.output[0]] = int(table.dims[0] * table.dims[1])
+    return found
+
 
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -231,7 +260,7 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
         ctx.notes.append(f"not quantized again: the model is already quantized ({already})")
         return ModelHandle(Path(shutil.copyfile(src, out)))
     if p.mode == "weight_only":
-        return ModelHandle(weight_only(src, out, p))
+        return ModelHandle(weight_only(src, out, p, ctx))
     if p.mode == "float":
         return ModelHandle(float_storage(src, out, p))
     if p.mode == "static" and not ctx.from_dataset:
