@@ -55,6 +55,31 @@ class GoalResult(BaseModel):
     gap: float | None = Field(None, description="how far the value is from the bound (0 when met)")
 
 
+class OpTime(BaseModel):
+    op: str = Field(description="operator type as onnxruntime ran it (after its graph fusions)")
+    nodes: int
+    ms: float = Field(description="mean milliseconds of one run spent in these nodes")
+
+
+class NodeTime(BaseModel):
+    name: str
+    op: str
+    ms: float
+
+
+class Profile(BaseModel):
+    """Where one run's time went, from onnxruntime's profiler at the target's first batch size."""
+
+    batch: int
+    runs: int = Field(description="profiled runs the means are taken over (after a warm-up)")
+    total_ms: float = Field(description="sum of the nodes' kernel times (the run's p50 adds the session's overhead)")
+    ops: list[OpTime] = Field(default_factory=list, description="per operator type, the costliest first")
+    slowest_nodes: list[NodeTime] = Field(default_factory=list)
+    providers: dict[str, int] = Field(default_factory=dict, description="nodes per execution provider")
+    causes: list[str] = Field(default_factory=list, description="a candidate's: what makes its run differ from "
+                              "the baseline's, in words, the costliest first")
+
+
 class Candidate(BaseModel):
     id: str
     parent_id: str | None = None
@@ -67,6 +92,8 @@ class Candidate(BaseModel):
     vs_baseline: VsBaseline | None = None
     regressions: list[str] = Field(default_factory=list, description="where it measured worse than the baseline "
                                    "on the target, e.g. slower at a batch size")
+    profile: Profile | None = Field(None, description="per-operator time (the baseline, the candidates on the "
+                                    "frontier and those with regressions, on onnxruntime)")
     notes: list[str] = Field(default_factory=list)
 
 

@@ -59,10 +59,16 @@ def test_slower_candidate_is_flagged_and_the_page_shows_it(api, digits_job):
     page = Page()
     page.feed(artifacts(api, job)["report.html"].decode())
     assert page.svgs >= 2 and "script" not in page.tags  # two plots, inline, nothing to fetch
-    assert len(page.rows) == 1 + 1 + len(report["candidates"])  # header, baseline, candidates
+    candidate_rows = [cls for cls in page.rows if cls != "op"]  # "op": the per-operator table's
+    assert len(candidate_rows) == 1 + 1 + len(report["candidates"])  # header, baseline, candidates
     assert any("regression" in cls for cls in page.rows) and any("recommended" in cls for cls in page.rows)
     text = " ".join(page.text)
     assert "Slower than the baseline" in text and report["environment"]["cpu"] in text and "frontier" in text.lower()
+    # why it is slower, from the per-operator profiles: the integer convolutions, named
+    assert report["baseline"]["profile"]["ops"] and candidate["profile"]["total_ms"] > 0
+    assert "ConvInteger" in {o["op"] for o in candidate["profile"]["ops"]}
+    assert any(c.startswith("ConvInteger on ") and "no fast CPU kernel" in c for c in candidate["profile"]["causes"])
+    assert "Where the time goes" in text and "ConvInteger on " in text
     assert "link" not in page.tags and "img" not in page.tags
 
 

@@ -26,6 +26,7 @@ from workers.engine.workspace import Workspace, measure_baseline, prepare, run_n
 from workers.graph.program import onnx_to_program
 from workers.measure import goals as G
 from workers.measure.bench import SIDE_BY_SIDE_ROUNDS
+from workers.measure.profile import causes, speedups
 from workers.report.build import build
 from workers.report.html import render
 
@@ -186,6 +187,8 @@ def _outcome(c: Coordinator, fleet: Fleet, model: ModelRecord) -> Outcome:
         c.baseline.notes.append(f"the side-by-side timing failed ({e.message}): every p50 is from the model's own "
                                 "measurement, taken at another moment")
     report = build(job.id, c.baseline, candidates, job.recipe.goals, measurement, result)
+    c.checkpoint(1, 1, "profiling the baseline and the candidates per operator")
+    explain(ws, report)
     report.normalization = ws.normalization
     report.failures = [Failure(id=n, steps=c.plan.nodes[n].steps, **failed[n]) for n in c.plan.nodes if n in failed]
     if c.trials.searching:
@@ -224,6 +227,31 @@ def retime(ws: Workspace, baseline: Candidate, candidates: list[Candidate], goal
         if cand.id not in timed_ids:
             cand.notes.append(f"latency from its own measurement: only {SIDE_BY_SIDE_MAX} candidates are timed "
                               "side by side with the baseline")
+
+
+PROFILED_MAX = 6  # candidates profiled beside the baseline: the frontier and those with regressions, in order
+
+
+def explain(ws: Workspace, report: Report) -> None:
+    """Per-operator profiles of the baseline and of the candidates a reader looks at first (on the frontier, or
+    slower than the baseline somewhere), each candidate's with the causes of its difference in words
+    (workers/measure/profile.py). A profile that cannot be taken leaves a note, never fails the job."""
+    if ws.bench.target.runtime == "torch":
+        return
+    wanted = [c for c in report.candidates if c.id in report.frontier or c.regressions][:PROFILED_MAX]
+    try:
+        found = ws.bench.profiles({BASELINE: ws.local(BASELINE), **{c.id: ws.local(c.id) for c in wanted}})
+    except BudgetExceeded:
+        raise
+    except ParetoError as e:
+        report.baseline.notes.append(f"no per-operator profile: {e.message}")
+        return
+    report.baseline.profile = base = found[BASELINE]
+    for cand in wanted:
+        cand.profile = found[cand.id]
+        cand.profile.causes = causes(cand.profile, base, ws.bench.providers[0])
+        if not cand.regressions:
+            cand.profile.causes += speedups(cand.profile, base)
 
 
 def _artifacts(c: Coordinator, report: Report, model: ModelRecord, ws: Workspace) -> dict[str, Path | Stored]:

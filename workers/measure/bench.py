@@ -14,7 +14,7 @@ import numpy as np
 from core import sandbox
 from core.errors import BudgetExceeded, ErrorCode, ParetoError
 from core.recipe import Target
-from core.report import Fidelity, Latency, Metrics
+from core.report import Fidelity, Latency, Metrics, Profile
 from core.sandbox import Limits
 from core.settings import get_settings
 from workers.engine import budget
@@ -97,6 +97,18 @@ class Bench:
         spec_path.write_text(json.dumps(spec))
         return in_sandbox("workers.measure.probe", [str(spec_path)], self.workdir / "side-by-side.scratch",
                           "the models could not be timed side by side", ErrorCode.model_run_failed, PROBE_TIMEOUT_S)
+
+    def profiles(self, models: dict[str, Path]) -> dict[str, Profile]:
+        """Every model's per-operator profile at the first batch size (workers/measure/profile.py), in one
+        probe process."""
+        batches = [self.fixed_batch] if self.fixed_batch else self.target.batch_sizes
+        spec = {**self.spec(next(iter(models.values()))), "profile": {k: str(v) for k, v in models.items()},
+                "batch_sizes": batches}
+        spec_path = self.workdir / "profile.probe.json"
+        spec_path.write_text(json.dumps(spec))
+        found = in_sandbox("workers.measure.probe", [str(spec_path)], self.workdir / "profile.scratch",
+                           "the models could not be profiled", ErrorCode.model_run_failed, PROBE_TIMEOUT_S)
+        return {k: Profile(**v) for k, v in found.items()}
 
     def spec(self, model: Path) -> dict:
         """What the probe (workers/measure/probe.py) needs to measure `model` on this bench's target."""

@@ -41,14 +41,18 @@ def eval_inputs(spec: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
     return arrays, fixed
 
 
-def _onnxruntime(spec: dict):
-    opts = ort.SessionOptions()
+def _onnxruntime(spec: dict, opts=None):
+    session = _session(spec, opts)
+    return (lambda feed: session.run(None, feed)), session.get_providers()
+
+
+def _session(spec: dict, opts=None):
+    opts = opts or ort.SessionOptions()
     opts.intra_op_num_threads = spec["threads"]
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    session = ort.InferenceSession(spec["model"], opts, providers=spec["providers"])
-    return (lambda feed: session.run(None, feed)), session.get_providers()
+    return ort.InferenceSession(spec["model"], opts, providers=spec["providers"])
 
 
 def _torch(spec: dict):
@@ -170,6 +174,19 @@ def side_by_side(spec: dict) -> dict:
     return out
 
 
+def profiles(spec: dict) -> dict:
+    """Each model's per-operator profile (workers/measure/profile.py) at the first batch size, on onnxruntime."""
+    from workers.measure.profile import profile
+
+    arrays, whole = eval_inputs(spec)
+    batch = spec["batch_sizes"][0]
+    feed = {**(_feed(arrays, 0, batch) if arrays else {}), **whole}
+    scratch = Path.cwd()
+    return {name: profile(lambda opts, m=model: _session({**spec, "model": m}, opts), feed, batch,
+                          scratch).model_dump() for name, model in spec["profile"].items()}
+
+
 if __name__ == "__main__":
     spec = json.loads(Path(sys.argv[1]).read_text())
-    json.dump(side_by_side(spec) if "models" in spec else measure(spec), sys.stdout)
+    mode = side_by_side if "models" in spec else profiles if "profile" in spec else measure
+    json.dump(mode(spec), sys.stdout)

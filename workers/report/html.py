@@ -88,6 +88,32 @@ def _row(c: Candidate, report: Report, batches: list[str]) -> str:
     return f'<tr class="{classes}">{"".join(cells)}</tr>'
 
 
+def _profiles(report: Report) -> str:
+    """Per operator type, the baseline's time beside each profiled candidate's, and each candidate's causes
+    (a regression's in red)."""
+    profiled = [c for c in report.candidates if c.profile]
+    base = report.baseline.profile
+    if base is None or not profiled:
+        return ""
+    ops = list(dict.fromkeys([o.op for o in base.ops] + [o.op for c in profiled for o in c.profile.ops]))
+    times = {c.id: {o.op: (o.nodes, o.ms) for o in c.profile.ops} for c in [report.baseline, *profiled]}
+    totals = {c.id: sum(ms for _, ms in times[c.id].values()) for c in [report.baseline, *profiled]}
+    ops = sorted(ops, key=lambda op: -max(times[k].get(op, (0, 0.0))[1] for k in times))[:15]
+    head = "".join(f"<th>{html.escape(k)} ms (nodes)</th>" for k in times)
+    rows = "".join(f'<tr class="op"><td class="l">{html.escape(op)}</td>' + "".join(
+        _cell(f"{times[k][op][1]:.3f} ({times[k][op][0]})" if op in times[k] else None) for k in times) + "</tr>"
+        for op in ops)
+    rows += ('<tr class="op"><td class="l"><b>all nodes</b></td>'
+             + "".join(_cell(totals[k], "{:.3f}") for k in times) + "</tr>")
+    causes = "".join(f'<li{" class=missed" if c.regressions else ""}><b>{html.escape(c.id)}</b>'
+                     f'{" (slower than the baseline)" if c.regressions else ""}: '
+                     f'{html.escape("; ".join(c.profile.causes) or "no difference worth naming")}</li>'
+                     for c in profiled)
+    return (f"<h2>Where the time goes</h2><p class=note>onnxruntime's profiler, batch {base.batch}, mean of "
+            f"{base.runs} runs after a warm-up; kernel time per operator type as onnxruntime ran it.</p>"
+            f'<table><tr class="op"><th class="l">operator</th>{head}</tr>{rows}</table><ul>{causes}</ul>')
+
+
 def render(report: Report, title: str = "") -> str:
     batches = [str(b) for b in report.measurement.batch_sizes]
     head = ["candidate", "parent", "steps", "size MB", "x smaller", *[f"p50 ms b{b}" for b in batches], "speedup",
@@ -114,6 +140,7 @@ def render(report: Report, title: str = "") -> str:
 {_plot(report, "size_bytes", "size (bytes)")}</div>
 <h2>Candidates</h2><table><tr>{"".join(f'<th class="l">{h}</th>' if i < 3 else f"<th>{h}</th>"
                                       for i, h in enumerate(head))}</tr>{rows}</table>
+{_profiles(report)}
 {"<h2>Failed candidates</h2><ul>" + failures + "</ul>" if failures else ""}
 {"<h2>Search</h2><p>" + html.escape(str(search)) + "</p>" if search else ""}
 <h2>Environment</h2><p>CPU: {html.escape(env.cpu)}; GPU: {html.escape(env.gpu or "none")}<br>
