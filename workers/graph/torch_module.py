@@ -439,6 +439,8 @@ class OnnxModule(torch.nn.Module):
             self.nodes.append((n.op_type, list(n.input), list(n.output), attrs))
             self.node_names.append(n.name)
         self.hooks: dict[int, dict[int, Callable]] = {}  # node index -> {input position: transform} (QAT)
+        self.taps: set[str] = set()  # intermediate tensors a run keeps in `tapped` (layer-wise distillation)
+        self.tapped: dict[str, torch.Tensor] = {}
         inits = {t.name for t in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
@@ -482,6 +484,7 @@ class OnnxModule(torch.nn.Module):
             else:
                 for o, r in zip(outs, result, strict=False):
                     env[o] = r
+        self.tapped = {name: env[name] for name in self.taps if name in env}
         results = tuple(_t(env[o]) for o in self.output_names)
         return results[0] if len(results) == 1 else results
 

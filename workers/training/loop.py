@@ -24,6 +24,7 @@ from workers.graph.onnx_graph import matches
 from workers.graph.torch_module import OnnxModule
 from workers.steps.context import StepContext
 from workers.training.augment import augment
+from workers.training.layers import LayerMatch
 
 Objective = Callable[..., torch.Tensor]  # (student, teacher | None, labels | None, perm | None, keep) -> loss
 PROGRESS_EVERY_S = 1.0
@@ -111,7 +112,7 @@ class Trainer:
     """One training run of a step: the student (and teacher) as torch modules, the data, the optimiser."""
 
     def __init__(self, student: Path, p: Training, ctx: StepContext, teacher: Path | None,
-                 prepare: Callable[[OnnxModule], None] | None):
+                 prepare: Callable[[OnnxModule], None] | None, layers: LayerMatch | None = None):
         self.p, self.ctx = p, ctx
         self.seed = ctx.seed if p.seed is None else p.seed
         torch.manual_seed(self.seed)
@@ -134,6 +135,9 @@ class Trainer:
         if teacher is None and p.pseudo_labels:
             teacher = ctx.teacher("baseline")
         self.tutor = OnnxModule(onnx.load(str(teacher))).to(self.device).eval() if teacher is not None else None
+        self.layers = layers if self.tutor is not None else None
+        if self.layers is not None:
+            self.model.taps, self.tutor.taps = self.layers.taps()
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ctx.train.inputs.items()}
         self.fixed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ctx.train.fixed.items()}
         self.labels = visible_labels(ctx.train.labels, p.labeled_fraction, self.seed)
@@ -155,6 +159,8 @@ class Trainer:
             y = torch.where((y < 0) & (conf >= p.confidence), guess, y)
         out = first(self.model(*feed))
         loss = objective(out, taught, y, None if perm is None else perm.to(self.device), keep)
+        if self.layers is not None:
+            loss = loss + self.layers.loss(self.model.tapped, self.tutor.tapped).to(loss.device)
         if p.consistency > 0 and y is not None:
             loss = loss + p.consistency * self.consistency(raw, out, y)
         return loss
@@ -196,5 +202,6 @@ class Trainer:
 
 
 def train(student: Path, p: Training, ctx: StepContext, objective: Objective, out: Path,
-          teacher: Path | None = None, prepare: Callable[[OnnxModule], None] | None = None) -> Path:
-    return Trainer(student, p, ctx, teacher, prepare).run(objective, out)
+          teacher: Path | None = None, prepare: Callable[[OnnxModule], None] | None = None,
+          layers: LayerMatch | None = None) -> Path:
+    return Trainer(student, p, ctx, teacher, prepare, layers).run(objective, out)
