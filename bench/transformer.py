@@ -12,6 +12,7 @@ and the mean and the lowest cosine of its sentence embeddings to fp32's on the h
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def cosines(ref, path: Path, baseline: Path) -> tuple[float, float]:
     """Mean and lowest cosine of the file's sentence embeddings to the baseline's, on the held-out sentences."""
     import onnxruntime as ort
 
-    _, data, _, _ = job_setup(ref, [], BATCHES, 1)
+    _, data, _, _ = job_setup(ref, [], BATCHES, REPEATS["minilm"])
     out = []
     for model in (baseline, path):
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -71,18 +72,29 @@ def main() -> None:
         if o.row is not None:
             o.row.path = o.path
     remeasure(ref, rows, args.rounds, args.repeats, BATCHES)
-    print(f"\n{'candidate':36} {'x smaller':>9} {'p50 b1 ms':>9} {'speedup b1':>10} {'p50 b32 ms':>10} "
-          f"{'speedup b32':>11} {'mean cos':>8} {'min cos':>8}")
-    for o in outcomes:
-        if o.row is None:
-            print(f"{o.label:36} FAILED: {o.error}")
+    found = [{"label": o.label, "error": o.error} if o.row is None else
+             {"label": o.label, "path": str(o.path), "size_bytes": o.row.size_bytes, "p50_ms": o.row.latency,
+              "cosine": cosines(ref, o.path, ref.onnx)} for o in outcomes]
+    (folder / "results.json").write_text(json.dumps({"rounds": args.rounds, "repeats": args.repeats,
+                                                     "rows": found}, indent=1))
+    print(table(found, args.rounds, args.repeats))
+
+
+def table(rows: list[dict], rounds: int, repeats: int) -> str:
+    base = rows[0]
+    lines = [f"{'candidate':36} {'x smaller':>9} {'p50 b1 ms':>9} {'speedup b1':>10} {'p50 b32 ms':>10} "
+             f"{'speedup b32':>11} {'mean cos':>8} {'min cos':>8}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['label']:36} FAILED: {r['error']}")
             continue
-        r, mean, low = o.row, *cosines(ref, o.path, ref.onnx)
-        print(f"{o.label:36} {baseline.size_bytes / r.size_bytes:9.2f} {r.latency['1']:9.2f} "
-              f"{baseline.latency['1'] / r.latency['1']:10.2f} {r.latency['32']:10.1f} "
-              f"{baseline.latency['32'] / r.latency['32']:11.2f} {mean:8.4f} {low:8.4f}")
-    print(f"(p50: the median of {args.rounds} side-by-side rounds of {args.repeats} runs, 1 thread as a job's "
-          "default; cosine on the held-out sentences)")
+        (mean, low), p50 = r["cosine"], r["p50_ms"]
+        lines.append(f"{r['label']:36} {base['size_bytes'] / r['size_bytes']:9.2f} {p50['1']:9.2f} "
+                     f"{base['p50_ms']['1'] / p50['1']:10.2f} {p50['32']:10.1f} "
+                     f"{base['p50_ms']['32'] / p50['32']:11.2f} {mean:8.4f} {low:8.4f}")
+    lines.append(f"(p50: the median of {rounds} side-by-side rounds of {repeats} runs, 1 thread as a job's "
+                 "default; cosine on the held-out sentences)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
