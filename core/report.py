@@ -80,6 +80,20 @@ class Profile(BaseModel):
                               "the baseline's, in words, the costliest first")
 
 
+class Decision(BaseModel):
+    """One option a step weighed (quantize auto's int8 variants), measured, and whether it was taken."""
+
+    step: str
+    option: str
+    settings: dict = Field(default_factory=dict)
+    size_bytes: int | None = None
+    latency_ms: dict[str, float] = Field(default_factory=dict, description="batch size -> median ms, timed side "
+                                         "by side with the other options")
+    fidelity: float | None = None
+    chosen: bool = False
+    why: str = Field("", description="why it was taken, or why not")
+
+
 class Candidate(BaseModel):
     id: str
     parent_id: str | None = None
@@ -92,6 +106,7 @@ class Candidate(BaseModel):
     vs_baseline: VsBaseline | None = None
     regressions: list[str] = Field(default_factory=list, description="where it measured worse than the baseline "
                                    "on the target, e.g. slower at a batch size")
+    decisions: list[Decision] = Field(default_factory=list, description="the options its steps weighed")
     profile: Profile | None = Field(None, description="per-operator time (the baseline, the candidates on the "
                                     "frontier and those with regressions, on onnxruntime)")
     notes: list[str] = Field(default_factory=list)

@@ -73,6 +73,9 @@ def test_int8_recipe_chooses_static_for_a_cnn_by_measurement(api, cnn):
     report = api.get(f"/v1/jobs/{job['id']}/report").json()
     note = next(n for n in report["candidates"][0]["notes"] if n.startswith("quantize auto chose"))
     assert "static per-tensor qoperator" in note and "dynamic" in note  # all were measured (QOperator: CPU target)
+    weighed = {d["option"]: d for d in report["candidates"][0]["decisions"]}  # the same comparison, as data
+    assert "static per-tensor qoperator" in weighed and sum(d["chosen"] for d in weighed.values()) == 1
+    assert note.startswith(f"quantize auto chose {next(k for k, d in weighed.items() if d['chosen'])}:")
     assert report["baseline"]["metrics"]["size_bytes"] / metrics(report, "c1")["size_bytes"] >= 3.5
 
 

@@ -126,6 +126,12 @@ def test_a_file_half_the_size_is_worth_a_few_percent_of_speed(tmp_path):
 
 def _auto(tmp_path, **params):
     """The two-layer model quantized by `auto` with `params`: (input, output, notes)."""
+    src, out, ctx = _auto_context(tmp_path, **params)
+    return src, out, ctx.notes
+
+
+def _auto_context(tmp_path, **params):
+    """The two-layer model quantized by `auto` with `params`: (input, output, the step's context)."""
     from core.assets import TensorSpec
     from core.recipe import Recipe
     from core.settings import Settings
@@ -139,7 +145,7 @@ def _auto(tmp_path, **params):
     data = job_data(None, specs, Recipe.model_validate({"steps": [{"quantize": {}}]}))
     data.train.inputs["x"] = data.eval.inputs["x"] = np.random.default_rng(1).normal(size=(64, 32)).astype(np.float32)
     ctx = StepContext(workdir=tmp_path / "work", settings=Settings(), inputs=specs, data=data, batch_sizes=[1, 8])
-    return src, apply_step(ModelHandle(src), Quantize(mode="auto", **params), ctx).onnx_path, ctx.notes
+    return src, apply_step(ModelHandle(src), Quantize(mode="auto", **params), ctx).onnx_path, ctx
 
 
 def test_auto_times_only_the_variants_that_hold_min_fidelity(tmp_path):
@@ -253,3 +259,17 @@ def test_int4_stores_embedding_tables_in_four_bits_too(tmp_path):
     assert float((y * ref).sum() / np.linalg.norm(y) / np.linalg.norm(ref)) > 0.95
     with pytest.raises(ValidationError, match="embeddings"):
         Quantize(mode="dynamic", embeddings=False)
+
+
+
+def test_auto_records_every_variant_it_weighed_as_data(tmp_path):
+    """quantize auto's comparison is structured: one decision per variant (and the float input when it was timed),
+    with its figures, exactly one chosen, and a reason on each."""
+    ctx = _auto_context(tmp_path, keep_float_if_faster=True)[2]
+    found = {d.option: d for d in ctx.decisions}
+    assert {"dynamic per-channel", "dynamic per-tensor", "float (not quantized)"} <= set(found)
+    assert sum(d.chosen for d in found.values()) == 1
+    assert all(d.why and d.step == "quantize" and d.size_bytes for d in found.values())
+    timed = [d for d in found.values() if d.latency_ms]
+    assert timed and all(set(d.latency_ms) == {"1", "8"} for d in timed)
+    assert found["dynamic per-tensor"].settings["per_channel"] is False

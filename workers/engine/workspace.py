@@ -179,6 +179,6 @@ def run_node(ws: Workspace, fleet: Fleet, node: Node, checkpoint: Callable[[str]
         checkpoint(f"{node.id}: measuring the result of {step.name}")
         metrics, _, notes = ws.bench.run(result.onnx_path, baseline_outputs(ws, fleet, checkpoint))
     candidate = Candidate(id=node.id, parent_id=node.parent, steps=node.steps, metrics=metrics,
-                          notes=ctx.notes + notes)
+                          notes=ctx.notes + notes, decisions=ctx.decisions)
     fleet.finish(node, candidate.model_dump(mode="json"))
     return candidate

@@ -114,6 +114,25 @@ def _profiles(report: Report) -> str:
             f'<table><tr class="op"><th class="l">operator</th>{head}</tr>{rows}</table><ul>{causes}</ul>')
 
 
+def _decisions(report: Report) -> str:
+    """What each candidate's steps weighed (quantize auto's variants), one row per option, the chosen in bold."""
+    weighed = [c for c in report.candidates if c.decisions]
+    if not weighed:
+        return ""
+    batches = list(dict.fromkeys(b for c in weighed for d in c.decisions for b in d.latency_ms))
+    head = "".join(f"<th>p50 ms b{b}</th>" for b in batches)
+    rows = "".join(
+        f'<tr class="decision{" recommended" if d.chosen else ""}"><td class="l">{html.escape(c.id)}</td>'
+        f'<td class="l">{html.escape(d.step)}: {html.escape(d.option)}</td>'
+        + _cell(d.size_bytes / 1e6 if d.size_bytes else None, "{:.3f}")
+        + "".join(_cell(d.latency_ms.get(b), "{:.3f}") for b in batches)
+        + _cell(d.fidelity, "{:.4f}") + f'<td class="l">{"chosen: " if d.chosen else ""}{html.escape(d.why)}</td></tr>'
+        for c in weighed for d in c.decisions)
+    return (f'<h2>What the steps weighed</h2><table><tr class="decision"><th class="l">candidate</th>'
+            f'<th class="l">option</th><th>size MB</th>{head}<th>fidelity</th><th class="l">taken or why not</th></tr>'
+            f"{rows}</table>")
+
+
 def render(report: Report, title: str = "") -> str:
     batches = [str(b) for b in report.measurement.batch_sizes]
     head = ["candidate", "parent", "steps", "size MB", "x smaller", *[f"p50 ms b{b}" for b in batches], "speedup",
@@ -140,6 +159,7 @@ def render(report: Report, title: str = "") -> str:
 {_plot(report, "size_bytes", "size (bytes)")}</div>
 <h2>Candidates</h2><table><tr>{"".join(f'<th class="l">{h}</th>' if i < 3 else f"<th>{h}</th>"
                                       for i, h in enumerate(head))}</tr>{rows}</table>
+{_decisions(report)}
 {_profiles(report)}
 {"<h2>Failed candidates</h2><ul>" + failures + "</ul>" if failures else ""}
 {"<h2>Search</h2><p>" + html.escape(str(search)) + "</p>" if search else ""}

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from core.assets import TensorSpec
+from core.report import Decision
 from core.settings import Settings
 from workers.engine.data import JobData, Split
 
@@ -39,6 +40,7 @@ class StepContext:
     metrics: list[str] = field(default_factory=list)  # the quality metrics the job reports
     checkpoint: Callable[[str], None] = field(default=lambda message: None)  # progress + cancellation
     notes: list[str] = field(default_factory=list)  # what the step wants the report to say
+    decisions: list[Decision] = field(default_factory=list)  # the options it weighed, as data
 
     @property
     def samples(self) -> Split:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from core.errors import ErrorCode, InvalidRecipe, without_paths
+from core.report import Decision
 from core.steps.quantize import QUANTIZED_OPS, Quantize, Smooth
 from workers.engine.data import Split
 from workers.graph import smooth as smoothing
@@ -326,7 +327,40 @@ def auto(src: Path, p: Quantize, ctx: StepContext) -> tuple[Path, Quantize, Path
     figures = "; ".join(f"{v} fidelity {r.fidelity:.4f}, {latency_text(r)}, {files[v].stat().st_size} bytes"
                         for v, r in results.items())
     ctx.notes.append(f"quantize auto {'kept the float model' if chosen == FLOAT else 'chose ' + chosen}: {figures}")
+    ctx.decisions += decisions(variants, results, files, chosen, p)
     return None if chosen == FLOAT else (built[chosen], *variants[chosen])
+
+
+def decisions(variants: dict[str, tuple[Quantize, Path]], results: dict[str, Trial], files: dict[str, Path],
+              chosen: str, p: Quantize) -> list[Decision]:
+    """auto's comparison as data: every variant measured, its figures, and why it was or was not taken."""
+    slow = slowness({v: r for v, r in results.items() if r.latency_ms}) if any(
+        r.latency_ms for r in results.values()) else {}
+    size = {v: files[v].stat().st_size for v in results}
+    found = []
+    for v, r in results.items():
+        if v == chosen and v == FLOAT:
+            why = "the float input ran faster than every int8 variant (keep_float_if_faster)"
+        elif v == chosen and slow and slow[v] > min(slow.values()) * TIE:
+            why = f"{slow[v]:.2f}x the fastest's time at its worst batch size, in at most half its file size"
+        elif v == chosen:
+            why = "the fastest that holds min_fidelity (the smallest and most faithful among equally fast ones)"
+        elif r.fidelity < p.min_fidelity:
+            why = f"fidelity {r.fidelity:.4f} below min_fidelity {p.min_fidelity}: not timed"
+        elif not r.latency_ms:
+            why = "not timed"
+        elif chosen in slow and slow[v] > slow[chosen] * TIE:
+            why = f"{slow[v] / slow[chosen]:.2f}x slower than {chosen} at its worst batch size"
+        else:
+            why = f"as fast as {chosen} (within {TIE - 1:.0%}), its file {size[v] / size[chosen]:.2f}x the size"
+        settings = {} if v == FLOAT else variants[v][0].model_dump(
+            include={"mode", "per_channel", "quant_format", "channel_spread", "smooth"})
+        if v != FLOAT and v.startswith(("fused ", "smoothed ")):
+            settings["graph"] = v.split(" ", 1)[0]
+        found.append(Decision(step="quantize", option=v, settings=settings, size_bytes=size[v],
+                              latency_ms={str(b): t for b, t in r.latency_ms.items()}, fidelity=r.fidelity,
+                              chosen=v == chosen, why=why))
+    return found
 
 
 def runnable(built: dict[str, Path], ctx: StepContext) -> dict[str, Path]:
