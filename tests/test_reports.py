@@ -69,6 +69,7 @@ def test_slower_candidate_is_flagged_and_the_page_shows_it(api, digits_job):
     assert "ConvInteger" in {o["op"] for o in candidate["profile"]["ops"]}
     assert any(c.startswith("ConvInteger on ") and "no fast CPU kernel" in c for c in candidate["profile"]["causes"])
     assert "Where the time goes" in text and "ConvInteger on " in text
+    assert "Deploy " in text or "Keep the uploaded model" in text  # what to deploy, in one sentence
     assert "link" not in page.tags and "img" not in page.tags
 
 

@@ -35,21 +35,21 @@ def pyplot():
     return plt
 
 
-def _plot(report: Report, x_metric: str, x_label: str) -> str:
+def _plot(report: Report, x_metric: str, x_label: str, scale: float = 1.0) -> str:
     """quality (y) against x_metric, the frontier joined, the recommended starred; SVG text."""
     plt = pyplot()
     everything = [report.baseline, *report.candidates]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     fig.subplots_adjust(left=0.13, right=0.97, top=0.97, bottom=0.12)  # fixed margins: one draw, not two
-    xs = [G.value(c, x_metric) or 0.0 for c in everything]
+    xs = [(G.value(c, x_metric) or 0.0) * scale for c in everything]
     ax.scatter(xs, [_quality(c) for c in everything], c=["#c00" if c.regressions else "#79a" for c in everything],
                s=28, zorder=2, label="candidates")
     frontier = sorted((c for c in everything if c.id in report.frontier), key=lambda c: G.value(c, x_metric) or 0)
-    ax.plot([G.value(c, x_metric) for c in frontier], [_quality(c) for c in frontier], "-o", color="#2a7",
-            zorder=3, label="frontier")
+    ax.plot([(G.value(c, x_metric) or 0.0) * scale for c in frontier], [_quality(c) for c in frontier], "-o",
+            color="#2a7", zorder=3, label="frontier")
     best = next(c for c in everything if c.id == report.recommended)
-    ax.scatter([G.value(best, x_metric)], [_quality(best)], marker="*", s=260, color="#e90", zorder=4,
-               label=f"recommended ({best.id})")
+    ax.scatter([(G.value(best, x_metric) or 0.0) * scale], [_quality(best)], marker="*", s=260, color="#e90",
+               zorder=4, label=f"recommended ({best.id})")
     for c, x in zip(everything, xs, strict=True):
         ax.annotate(c.id, (x, _quality(c)), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(x_label)
@@ -133,6 +133,25 @@ def _decisions(report: Report) -> str:
             f"{rows}</table>")
 
 
+def verdict(report: Report) -> str:
+    """What to deploy and why, in one sentence."""
+    if report.recommended == report.baseline.id:
+        why = "; ".join(report.why_baseline) or "no candidate beat it"
+        return f"Keep the uploaded model: {why}."
+    best = next(c for c in report.candidates if c.id == report.recommended)
+    vs, fid = best.vs_baseline, best.metrics.fidelity
+    said = []
+    if vs and vs.size_ratio:
+        said.append(f"{1 / vs.size_ratio:.1f}x smaller" if vs.size_ratio < 1 else f"{vs.size_ratio:.2f}x the size")
+    if vs and vs.speedup:
+        said.append(f"{vs.speedup:.2f}x {'faster' if vs.speedup >= 1 else 'the speed'} at batch "
+                    f"{report.measurement.batch_sizes[0]}")
+    if fid:
+        said.append(f"fidelity {fid.top1_agreement if fid.top1_agreement is not None else fid.cosine:.4f}")
+    goals = "it meets the recipe's goals" if report.goals_met else "closest to the recipe's goals, which it misses"
+    return f"Deploy {best.id} (model.onnx): {', '.join(said)}; {goals}."
+
+
 def render(report: Report, title: str = "") -> str:
     batches = [str(b) for b in report.measurement.batch_sizes]
     head = ["candidate", "parent", "steps", "size MB", "x smaller", *[f"p50 ms b{b}" for b in batches], "speedup",
@@ -147,6 +166,7 @@ def render(report: Report, title: str = "") -> str:
 <title>Pareto report {html.escape(report.job_id)}</title>
 <style>{CSS}</style></head><body>
 <h1>Pareto report {html.escape(title or report.job_id)}</h1>
+<p class="verdict"><b>{html.escape(verdict(report))}</b></p>
 <p>Recommended: <b>{html.escape(report.recommended)}</b> — goals {"met" if report.goals_met else
     '<span class="missed">not met (best so far shown)</span>'}. Frontier: {html.escape(", ".join(report.frontier))}.
 {"<br><b class=missed>Slower than the baseline: " + html.escape(", ".join(report.regressions)) + "</b>"
@@ -156,7 +176,7 @@ def render(report: Report, title: str = "") -> str:
 {"<br>Import: " + html.escape("; ".join(report.normalization.notes)) if report.normalization and
     report.normalization.notes else ""}</p>
 <div class="plots">{_plot(report, "latency_p50_ms", f"p50 latency, batch {batches[0]} (ms)")}
-{_plot(report, "size_bytes", "size (bytes)")}</div>
+{_plot(report, "size_bytes", "size (MB)", 1e-6)}</div>
 <h2>Candidates</h2><table><tr>{"".join(f'<th class="l">{h}</th>' if i < 3 else f"<th>{h}</th>"
                                       for i, h in enumerate(head))}</tr>{rows}</table>
 {_decisions(report)}
