@@ -30,7 +30,10 @@ from workers.measure.profile import causes, speedups
 from workers.report.build import build
 from workers.report.html import render
 
-Checkpoint = Callable[[int, int, str], None]  # (done, total, message); raises JobCancelled
+Checkpoint = Callable[..., None]  # (done, total, message, fraction=None); raises JobCancelled
+# the job's progress fraction through its phases: the baseline prepared and measured, the candidates made and
+# measured (shared out by how many are done), timed side by side, profiled, written
+PREPARED, MADE, TIMED, PROFILED = 0.1, 0.8, 0.85, 0.9
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class Coordinator:
     def tick(self, message: str = "") -> None:
         done = len(self.fleet.done())
         text = f"{done} of {len(self.plan.nodes)} candidates" + (f"; {message}" if message else "")
-        self.checkpoint(done, max(1, len(self.plan.nodes)) + 1, text)
+        total = max(1, len(self.plan.nodes))
+        self.checkpoint(done, total + 1, text, fraction=PREPARED + (MADE - PREPARED) * done / total)
 
     def loop(self) -> None:
         deadline = time.monotonic() + (self.job.recipe.search.max_time_s if self.trials.searching else 10**9)
@@ -146,7 +150,7 @@ def run_recipe(job: Job, model: ModelRecord, source: Path, workdir: Path, settin
     """Plans the first nodes and calls the helpers before measuring the baseline, so that other workers start
     on the first steps meanwhile (they measure what they make once the baseline's outputs are shared)."""
     def tick(message: str) -> None:
-        checkpoint(0, 1, message)
+        checkpoint(0, 1, message, fraction=PREPARED / 2)
 
     fleet = Fleet(r, job.id, job.attempts, settings.node_lease_s, settings.worker_retry_s)
     ws = prepare(job, model, source, settings, objects, workdir, tick)
@@ -177,7 +181,7 @@ def _outcome(c: Coordinator, fleet: Fleet, model: ModelRecord) -> Outcome:
         train_samples=len(ws.data.train) if ws.data.from_dataset and job.recipe.trains else 0,
     )
     result = None if c.trials.searching or c.first_end not in done else c.first_end
-    c.checkpoint(1, 1, "timing the candidates side by side with the baseline")
+    c.checkpoint(1, 1, "timing the candidates side by side with the baseline", fraction=MADE)
     try:
         retime(ws, c.baseline, candidates, job.recipe.goals)
         measurement.side_by_side_rounds = SIDE_BY_SIDE_ROUNDS
@@ -187,7 +191,7 @@ def _outcome(c: Coordinator, fleet: Fleet, model: ModelRecord) -> Outcome:
         c.baseline.notes.append(f"the side-by-side timing failed ({e.message}): every p50 is from the model's own "
                                 "measurement, taken at another moment")
     report = build(job.id, c.baseline, candidates, job.recipe.goals, measurement, result)
-    c.checkpoint(1, 1, "profiling the baseline and the candidates per operator")
+    c.checkpoint(1, 1, "profiling the baseline and the candidates per operator", fraction=TIMED)
     explain(ws, report)
     report.normalization = ws.normalization
     report.failures = [Failure(id=n, steps=c.plan.nodes[n].steps, **failed[n]) for n in c.plan.nodes if n in failed]
@@ -261,7 +265,7 @@ def _artifacts(c: Coordinator, report: Report, model: ModelRecord, ws: Workspace
         cand.artifact = f"{stem}.onnx"
         artifacts[cand.artifact] = Stored(ws.shared + f"{cand.id}.onnx")
         if model.format == "pt2":
-            c.checkpoint(1, 1, f"writing {stem}.pt2")
+            c.checkpoint(1, 1, f"writing {stem}.pt2", fraction=PROFILED)
             pt2 = _as_program(ws.local(cand.id), ws.workdir / f"{stem}.pt2", model, ws.data.eval, cand)
             if pt2 is not None:
                 artifacts[pt2.name] = pt2

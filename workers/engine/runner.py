@@ -148,9 +148,10 @@ def working_in(folder: Path):
 
 
 def _execute(job: Job, settings: Settings, jobs: JobStore, objects: ObjectStore, workdir) -> list[Artifact]:
-    def checkpoint(done: int, total: int, message: str) -> None:
-        current = jobs.set_progress(job.id, Progress(step=done, steps_total=total,
-                                                     fraction=round(done / total, 4), message=message))
+    def checkpoint(done: int, total: int, message: str, fraction: float | None = None) -> None:
+        share = done / total if fraction is None else fraction
+        current = jobs.set_progress(job.id, Progress(step=done, steps_total=total, fraction=round(share, 4),
+                                                     message=message))
         if current.cancel_requested or current.status is not JobStatus.running:
             raise JobCancelled()
 
