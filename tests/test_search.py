@@ -123,6 +123,13 @@ def test_accuracy_aware_fallback_keeps_sensitive_layers_in_float(api, digits_job
     job, report = submit(api, model, data, recipe)
     notes = " ".join(report["candidates"][0]["notes"])
     assert "quantize fallback" in notes
+    table = [d for d in report["candidates"][0]["decisions"] if d["step"] == "quantize fallback"]
+    assert table and [d["settings"]["sensitivity_rank"] for d in table] == list(range(1, len(table) + 1))
+    fidelity = [d["fidelity"] for d in table]
+    assert fidelity == sorted(fidelity)  # the most sensitive (the lowest fidelity when quantized alone) first
+    assert all(d["settings"]["op_type"] in ("Conv", "MatMul", "Gemm") and d["settings"]["params"] for d in table)
+    kept = [d for d in table if d["chosen"]]
+    assert kept == table[: len(kept)] and bool(kept) == ("quantize fallback kept" in notes)
     if "kept" in notes:
         assert report["candidates"][0]["goals_met"]
     else:  # it could not: the report says so and the job still answers

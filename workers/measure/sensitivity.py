@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnx
+
 from core.recipe import Goal
-from core.report import Candidate, Metrics
+from core.report import Candidate, Decision, Metrics
 from workers.measure import goals as G
 from workers.measure.bench import fidelity
 from workers.measure.quality import agreement, quality
@@ -51,8 +54,9 @@ def fallback_layers(src: Path, quantized: Path, layers: list[str], build: Callab
         return quantized
     ctx.checkpoint(f"quantize fallback: ranking {min(len(layers), MAX_RANKED)} layers by sensitivity")
     reference = outputs(session(src, ctx), ctx.samples)
-    ranked = sorted(layers[:MAX_RANKED], key=lambda layer: agreement(
-        reference, outputs(session(alone(layer), ctx), ctx.samples), ctx.data.task == "classification"))
+    alone_fidelity = {layer: agreement(reference, outputs(session(alone(layer), ctx), ctx.samples),
+                                       ctx.data.task == "classification") for layer in layers[:MAX_RANKED]}
+    ranked = sorted(alone_fidelity, key=alone_fidelity.__getitem__)
     tried: dict[int, tuple[bool, Path]] = {}
 
     def holds(k: int) -> bool:
@@ -67,6 +71,7 @@ def fallback_layers(src: Path, quantized: Path, layers: list[str], build: Callab
         k *= 2
     k = min(k, len(ranked))
     if not holds(k):
+        ctx.decisions += sensitivity_table(src, ranked, alone_fidelity, kept=0)
         gaps = ", ".join(f"{r.metric} {r.value:.4f} vs {r.bound:.4f}" for r in results if not r.met)
         ctx.notes.append(f"quantize fallback could not meet the quality goals ({gaps}) even with the "
                          f"{len(ranked)} most sensitive layers in float; the int8 model is kept")
@@ -77,4 +82,25 @@ def fallback_layers(src: Path, quantized: Path, layers: list[str], build: Callab
         low, high = (low, mid) if holds(mid) else (mid, high)
     ctx.notes.append(f"quantize fallback kept {high} of {len(layers)} layers in float to meet the quality goals: "
                      + ", ".join(ranked[:high]))
+    ctx.decisions += sensitivity_table(src, ranked, alone_fidelity, kept=high)
     return tried[high][1]
+
+
+def sensitivity_table(src: Path, ranked: list[str], alone_fidelity: dict[str, float], kept: int) -> list[Decision]:
+    """Each ranked layer, the most sensitive first: its operator, its weights, the fidelity of the model with that
+    layer alone quantized, and whether it was kept in float."""
+    model = onnx.load(str(src), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    table = []
+    for rank, layer in enumerate(ranked, 1):
+        node = nodes.get(layer)
+        params = sum(sizes.get(i, 0) for i in node.input) if node is not None else None
+        in_float = rank <= kept
+        table.append(Decision(
+            step="quantize fallback", option=f"keep {layer} in float", fidelity=alone_fidelity[layer],
+            settings={"layer": layer, "op_type": node.op_type if node is not None else None, "params": params,
+                      "sensitivity_rank": rank},
+            chosen=in_float, why=(f"kept in float: {rank} of the {kept} most sensitive layers" if in_float else
+                                  f"quantized: sensitivity rank {rank} of {len(ranked)}")))
+    return table
