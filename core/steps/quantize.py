@@ -45,8 +45,10 @@ class Quantize(StepParams):
         "dynamic",
         description="dynamic: int8 weights, activations quantized at run time. static: int8 weights and "
         "activations (in quant_format), calibrated on the job's dataset. weight_only: int4 weights in blocks "
-        "(MatMulNBits). float: fp16 (computed in fp16 where the execution provider has kernels) or bf16 (weights "
-        "stored in bf16, computed in fp32 after onnxruntime folds the casts at load). auto: tries the int8 "
+        "(MatMulNBits). float: fp16 (computed in fp16 where the execution provider has kernels; on a CPU target it is "
+        "first checked to load in a child process and timed against fp16 weights computed in fp32, and the faster "
+        "is kept, said in the notes) or bf16 (weights stored in bf16, computed in fp32 after onnxruntime folds the "
+        "casts at load). auto: tries the int8 "
         "modes that apply (static needs a dataset; dynamic also on the transformer-fused graph where onnxruntime "
         "can fuse the model's encoder layers), measures fidelity, then the latency on the target of those that hold "
         "min_fidelity, and keeps the fastest of them (else the most faithful).",

@@ -273,3 +273,29 @@ def test_auto_records_every_variant_it_weighed_as_data(tmp_path):
     timed = [d for d in found.values() if d.latency_ms]
     assert timed and all(set(d.latency_ms) == {"1", "8"} for d in timed)
     assert found["dynamic per-tensor"].settings["per_channel"] is False
+
+
+def test_fp16_on_a_cpu_weighs_fp16_arithmetic_against_fp16_storage(tmp_path):
+    """fp16 on a CPU target: the fp16-compute graph (after a load check in a child process) is timed against
+    weights stored in fp16 and computed in fp32; either way the file is about half and computes the same."""
+    from core.settings import Settings
+    from workers.engine.data import JobData, Split
+    from workers.steps import apply_step
+    from workers.steps.context import ModelHandle, StepContext
+
+    src = tmp_path / "m.onnx"
+    _two_layers(src)
+    x = np.random.default_rng(1).normal(size=(16, 32)).astype(np.float32)
+    split = Split({"x": x})
+    ctx = StepContext(workdir=tmp_path / "w", settings=Settings(), inputs=[], data=JobData(split, split, False),
+                      batch_sizes=[1, 8])
+    out = apply_step(ModelHandle(src), Quantize(mode="float", dtype="fp16"), ctx).onnx_path
+    weighed = {d.option: d for d in ctx.decisions}
+    assert set(weighed) == {"fp16 compute", "fp16 storage"} and sum(d.chosen for d in weighed.values()) == 1
+    assert all(set(d.latency_ms) == {"1", "8"} for d in weighed.values())
+    assert out.stat().st_size < 0.6 * src.stat().st_size
+    y, ref = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+              for p in (out, src))
+    np.testing.assert_allclose(y, ref, rtol=2e-2, atol=2e-2 * np.abs(ref).max())
+    if weighed["fp16 storage"].chosen:
+        assert any("computed in fp32" in n for n in ctx.notes)

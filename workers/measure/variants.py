@@ -103,3 +103,4 @@ def slowness(trials: dict[str, Trial]) -> dict[str, float]:
 
 def latency_text(trial: Trial) -> str:
     return ", ".join(f"{t:.3f} ms at batch {b}" for b, t in trial.latency_ms.items()) or "not timed"
+

@@ -19,6 +19,7 @@ from workers.graph import smooth as smoothing
 from workers.graph.fusion import described, fuse_transformer
 from workers.graph.normalize import default_opset, quantized_form
 from workers.graph.onnx_graph import FLOAT_TYPES, Graph, gemm_as_matmul, matches, tidy_quantized
+from workers.measure.loadcheck import loads
 from workers.measure.sensitivity import fallback_layers, quality_goals
 from workers.measure.variants import Trial, fidelities, latencies, latency_text, session, slowness
 from workers.steps import implements
@@ -219,35 +220,72 @@ def embedding_tables(graph: Graph) -> dict[str, int]:
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
-def float_storage(src: Path, out: Path, p: Quantize) -> Path:
-    if p.precision == "fp16":
-        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+def float_storage(src: Path, out: Path, p: Quantize, ctx: StepContext) -> Path:
+    if p.precision == "bf16":
+        return half_weights(src, out, onnx.TensorProto.BFLOAT16)
+    computed = fp16(src, out, p)
+    if ctx.providers != ["CPUExecutionProvider"]:
+        return computed
+    stored = half_weights(src, ctx.path("fp16-stored.onnx"), onnx.TensorProto.FLOAT16)
+    crash = loads(computed, ctx.providers)
+    if crash:
+        ctx.notes.append(f"fp16: weights stored in fp16 and computed in fp32: onnxruntime could not run the graph "
+                         f"in fp16 on this target ({crash})")
+        return Path(shutil.copyfile(stored, out))
+    # a CPU without fp16 arithmetic runs many fp16 kernels slower than fp32 (EfficientNet-B0 here: 0.22x at
+    # batch 1); weights stored in fp16 and cast back at load are as small and compute in fp32
+    ctx.checkpoint("quantize float: timing fp16 compute against fp16 storage")
+    times = latencies({"compute": computed, "storage": stored}, ctx)
+    trials = {k: Trial(1.0, v) for k, v in times.items()}
+    slow = slowness(trials)
+    chosen = "compute" if slow["compute"] < slow["storage"] / TIE else "storage"
+    ctx.decisions += [Decision(step="quantize", option=f"fp16 {k}", size_bytes=f.stat().st_size,
+                               latency_ms={str(b): t for b, t in times[k].items()}, chosen=k == chosen,
+                               why=("computed in fp16" if k == "compute" else "stored in fp16, computed in fp32")
+                               + ("" if k == chosen else f": {slow[k] / slow[chosen]:.2f}x the other's time"))
+                      for k, f in (("compute", computed), ("storage", stored))]
+    if chosen == "storage":
+        ctx.notes.append(f"fp16: weights stored in fp16 and computed in fp32 (onnxruntime folds the casts at load): "
+                         f"fp16 arithmetic ran {slow['compute']:.2f}x slower on this target")
+        return Path(shutil.copyfile(stored, out))
+    return computed
 
-        model = onnx.load(str(src))
-        blocked = {n.op_type for n in model.graph.node if matches(n.name, p.exclude)}
-        # recurrent layers stay in float32: onnxruntime's CPU provider has no float16 LSTM, GRU or RNN (a CRNN
-        # text recognizer's probe crashed on them); so do the integer parts of a graph already quantized
-        blocked |= set(DEFAULT_OP_BLOCK_LIST) | {"LSTM", "GRU", "RNN"} | QUANTIZED_OPS | QDQ_OPS
-        onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=_excluded(src, p),
-                                           op_block_list=sorted(blocked)), str(out))
-        return out
-    return bf16_weights(src, out)
+
+def fp16(src: Path, out: Path, p: Quantize) -> Path:
+    """fp16 weights and arithmetic where onnxruntime has fp16 kernels; recurrent layers, the default block list,
+    and the integer parts of a graph already quantized stay in float32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(src))
+    blocked = {n.op_type for n in model.graph.node if matches(n.name, p.exclude)}
+    # recurrent layers stay in float32: onnxruntime's CPU provider has no float16 LSTM, GRU or RNN (a CRNN
+    # text recognizer's probe crashed on them); so do the integer parts of a graph already quantized
+    blocked |= set(DEFAULT_OP_BLOCK_LIST) | {"LSTM", "GRU", "RNN"} | QUANTIZED_OPS | QDQ_OPS
+    onnx.save(convert_float_to_float16(model, keep_io_types=True, node_block_list=_excluded(src, p),
+                                       op_block_list=sorted(blocked)), str(out))
+    return out
 
 
-def bf16_weights(src: Path, out: Path) -> Path:
-    """bfloat16 storage: every float32 weight stored as bf16 and cast back at load (half the file;
-    onnxruntime folds the casts, so it computes in float32 on every execution provider)."""
+FP16_MAX = 65504.0
+
+
+def half_weights(src: Path, out: Path, dtype: int) -> Path:
+    """Every float32 weight stored in 16 bits (bf16 or fp16) and cast back at load: half the file; onnxruntime
+    folds the casts, so it computes in float32 on every execution provider."""
     graph = Graph.load(src)
+    suffix = "_bf16" if dtype == onnx.TensorProto.BFLOAT16 else "_fp16"
     for t in list(graph.g.initializer):
         if t.data_type != onnx.TensorProto.FLOAT or int(np.prod(t.dims)) < 16:
             continue
         values = onnx.numpy_helper.to_array(t)
-        stored = graph.add_initializer(t.name + "_bf16", values)
-        graph.inits[stored].CopyFrom(onnx.helper.make_tensor(
-            stored, onnx.TensorProto.BFLOAT16, values.shape,
-            (values.view(np.uint32) >> 16).astype(np.uint16).tobytes(), raw=True))
+        if dtype == onnx.TensorProto.FLOAT16 and np.abs(values).max() > FP16_MAX:
+            continue  # beyond fp16's range: left in float32
+        stored = graph.add_initializer(t.name + suffix, values)
+        bits = ((values.view(np.uint32) >> 16).astype(np.uint16) if dtype == onnx.TensorProto.BFLOAT16
+                else values.astype(np.float16).view(np.uint16))
+        graph.inits[stored].CopyFrom(onnx.helper.make_tensor(stored, dtype, values.shape, bits.tobytes(), raw=True))
         graph.g.node.insert(0, onnx.helper.make_node("Cast", [stored], [t.name], to=onnx.TensorProto.FLOAT,
-                                                     name=f"{t.name}/from_bf16"))
+                                                     name=f"{t.name}/from{suffix}"))
         graph.g.initializer.remove(t)
     graph.reindex()
     return graph.save(out)
@@ -263,7 +301,7 @@ def quantize(handle: ModelHandle, p: Quantize, ctx: StepContext) -> ModelHandle:
     if p.mode == "weight_only":
         return ModelHandle(weight_only(src, out, p, ctx))
     if p.mode == "float":
-        return ModelHandle(float_storage(src, out, p))
+        return ModelHandle(float_storage(src, out, p, ctx))
     if p.mode == "static" and not ctx.from_dataset:
         raise InvalidRecipe("quantize mode static calibrates on the job's dataset: pass dataset_id",
                             code=ErrorCode.dataset_required)
