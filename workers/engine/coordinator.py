@@ -224,8 +224,10 @@ def retime(ws: Workspace, baseline: Candidate, candidates: list[Candidate], goal
     for cand in [baseline, *chosen]:
         for batch, figures in timed[cand.id].items():
             latency = cand.metrics.latency_ms.get(batch)
-            if latency is not None:
-                latency.p50, latency.spread = figures["p50"], figures["spread"]
+            if latency is not None and latency.p50 > 0:
+                scale = figures["p50"] / latency.p50  # the tail keeps its shape around the p50 timed side by side
+                latency.p50, latency.p90, latency.p99 = figures["p50"], latency.p90 * scale, latency.p99 * scale
+                latency.spread = figures["spread"]
     timed_ids = {c.id for c in chosen}
     for cand in candidates:
         if cand.id not in timed_ids:
